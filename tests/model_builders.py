@@ -1,0 +1,86 @@
+"""Small ONNX models made with onnx.helper, for tests (no torch, no files from elsewhere)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# onnxruntime reads IR versions up to 10 on every release we support; onnx.helper would
+# otherwise stamp its newest IR version.
+IR_VERSION = 8
+
+
+def const(name: str, value) -> onnx.NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], value=numpy_helper.from_array(np.asarray(value), name + "_v")
+    )
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), "g", list(inputs), list(outputs), list(initializers))
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def weight(name: str, shape, seed=0) -> onnx.TensorProto:
+    rng = np.random.default_rng(seed)
+    return numpy_helper.from_array(rng.uniform(-0.5, 0.5, shape).astype(np.float32), name)
+
+
+def conv_relu(batch="N", channels=3, size=8, opset=17) -> onnx.ModelProto:
+    """x -> Conv 3x3 -> Relu, batch dim symbolic by default."""
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, size, size])],
+        [weight("W", (4, channels, 3, 3)), weight("B", (4,), 1)],
+        opset=opset,
+    )
+
+
+def exporter_shape_chain() -> onnx.ModelProto:
+    """The shape arithmetic exporters emit for `F.interpolate(x, scale_factor=2)` with dynamic
+    H, W: Shape -> Gather -> Cast -> Mul -> Floor -> Cast -> Unsqueeze -> Concat -> Resize
+    sizes, plus a Shape -> Slice -> Concat -> Reshape flatten. TVM's importer alone fails on it.
+    """
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c"], ["s"]),
+        const("i2", np.array(2, dtype=np.int64)),
+        const("ax", np.array([0], dtype=np.int64)),
+        helper.make_node("Gather", ["s", "i2"], ["h"], axis=0),
+        helper.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT),
+        const("two", np.array(2.0, dtype=np.float32)),
+        helper.make_node("Mul", ["hf", "two"], ["h2"]),
+        helper.make_node("Floor", ["h2"], ["h2f"]),
+        helper.make_node("Cast", ["h2f"], ["h2i"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["h2i", "ax"], ["hu"]),
+        helper.make_node("Concat", ["hu", "hu"], ["hw"], axis=0),
+        helper.make_node("Slice", ["s", "z0", "z2"], ["nc"]),
+        helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["c", "", "", "sizes"], ["r"], mode="nearest"),
+        helper.make_node("Shape", ["r"], ["rs"]),
+        helper.make_node("Slice", ["rs", "z0", "z1"], ["n"]),
+        const("m1", np.array([-1], dtype=np.int64)),
+        helper.make_node("Concat", ["n", "m1"], ["flat"], axis=0),
+        helper.make_node("Reshape", ["r", "flat"], ["y"]),
+    ]
+    inits = [
+        weight("W", (4, 3, 3, 3)),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "z0"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "z1"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "z2"),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])],
+        inits,
+    )
