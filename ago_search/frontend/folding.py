@@ -49,7 +49,8 @@ def fold_shape_subgraphs(model: onnx.ModelProto, opset: int) -> tuple[onnx.Model
     model = _copy(model)
     total = shape_total = dead_total = 0
     rounds = 0
-    for rounds in range(1, _MAX_ROUNDS + 1):
+    while rounds < _MAX_ROUNDS:
+        rounds += 1
         shapes = _infer_static_shapes(model)
         folded, shape_folded = _fold_once(model, shapes, opset)
         dead = _remove_dead_nodes(model)
