@@ -1,0 +1,116 @@
+"""Command line: parses arguments and calls ago_search.api; nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ago_search import __version__
+from ago_search.errors import AgoSearchError
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="the ONNX model file")
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="fix an input's shape, e.g. input=1x3x224x224 (repeat for each input)",
+    )
+
+
+def _threads(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads '{text}': give e.g. 1,2") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"--threads '{text}': thread counts must be >= 1")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ago-search",
+        description="Search-based inference optimizer for ONNX models on edge CPUs.",
+    )
+    parser.add_argument("--version", action="version", version=f"ago-search {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="operators, FLOPs, parameters, mapping types, TVM's default fusion groups",
+    )
+    _model_args(inspect)
+    inspect.add_argument("--json", type=Path, help="also write the report as JSON here")
+
+    bench = sub.add_parser(
+        "bench",
+        help="ONNX Runtime vs TVM's default build, side by side and verified",
+    )
+    _model_args(bench)
+    bench.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help=f"comma-separated thread counts (default: 1,{os.cpu_count()})",
+    )
+    bench.add_argument("--repeat", type=int, default=None, help="timed repeats per runtime")
+    bench.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs")
+    bench.add_argument(
+        "--min-repeat-ms", type=float, default=None, help="minimum length of one repeat"
+    )
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    bench.add_argument("--json", type=Path, help="write the full result as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from ago_search import api
+
+        if args.command == "inspect":
+            report = api.inspect(args.model, args.input_shape)
+            print(api.format_inspect(report))
+            if args.json:
+                api.write_json(report.to_json(), args.json)
+        elif args.command == "bench":
+            result = api.bench(
+                args.model,
+                args.input_shape,
+                threads=args.threads,
+                repeat=args.repeat,
+                warmup=args.warmup,
+                min_repeat_ms=args.min_repeat_ms,
+                seed=args.seed,
+            )
+            print(api.format_bench(result))
+            if args.json:
+                api.write_json(result.to_json(), args.json)
+                print(f"\nwritten: {args.json}")
+            if not result.verified:
+                print(
+                    "\nTVM's outputs differ from ONNX Runtime's beyond tolerance (see the "
+                    "error columns).",
+                    file=sys.stderr,
+                )
+                return 3
+    except AgoSearchError as exc:
+        print(f"ago-search: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ago-search: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

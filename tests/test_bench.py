@@ -1,0 +1,279 @@
+"""ORT vs TVM default build: results, verification, JSON, table, failures, thread control."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from ago_search.bench import (
+    ORT,
+    TVM_DEFAULT,
+    BenchResult,
+    OutputCheck,
+    bench_model,
+    compare_output,
+    compare_outputs,
+    format_bench_table,
+)
+from ago_search.build import build_default, run_executable, tvm_thread_env
+from ago_search.devices import host_cpu_name, host_target
+from ago_search.frontend import import_onnx, random_inputs
+from ago_search.measure import MeasureProtocol
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = MeasureProtocol(warmup=1, number=None, repeat=3, min_repeat_ms=2.0)
+
+
+def _weight(name, shape, seed):
+    rng = np.random.default_rng(seed)
+    return onnx.numpy_helper.from_array(rng.uniform(-0.5, 0.5, shape).astype(np.float32), name)
+
+
+def conv_relu_matmul() -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv 3x3 -> Relu -> Flatten -> MatMul -> y[N,10]; second output r."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Flatten", ["r"], ["f"]),
+            helper.make_node("MatMul", ["f", "M"], ["y"]),
+        ],
+        "conv_relu_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10]),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 8, 8, 8]),
+        ],
+        [_weight("W", (8, 3, 3, 3), 0), _weight("B", (8,), 1), _weight("M", (512, 10), 2)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "conv_relu_matmul.onnx"
+    onnx.save(conv_relu_matmul(), path)
+    return import_onnx(path, {"x": (1, 3, 8, 8)})
+
+
+@pytest.fixture(scope="module")
+def result(imported) -> BenchResult:
+    return bench_model(imported, threads=[1, 2], protocol=FAST, seed=0)
+
+
+def test_both_runtimes_at_each_thread_count(result):
+    assert result.thread_counts == (1, 2)
+    for threads in (1, 2):
+        for runtime in (ORT, TVM_DEFAULT):
+            run = result.run(runtime, threads)
+            assert run is not None, (runtime, threads)
+            assert run.error is None
+            assert run.timing is not None and len(run.timing.samples) == FAST.repeat
+            assert run.timing.min <= run.timing.median <= run.timing.max
+            assert run.threads_used >= 1
+            assert run.setup_s >= 0
+
+
+def test_tvm_outputs_match_ort(result):
+    assert result.verified
+    for threads in (1, 2):
+        run = result.run(TVM_DEFAULT, threads)
+        assert run.verified
+        assert [c.name for c in run.checks] == ["y", "r"]
+        assert all(c.ok and c.max_rel_err < 1e-4 for c in run.checks)
+        assert all(c.ref_max_abs > 0 for c in run.checks)
+    # ORT on the folded graph computes what ORT on the file computes
+    assert result.source_checks and all(c.ok for c in result.source_checks)
+
+
+def test_speedups_and_context(result):
+    assert set(result.speedups) == {1, 2}
+    assert all(s is not None and s > 0 for s in result.speedups.values())
+    assert result.speedup(ORT, 1) == pytest.approx(1.0)
+    assert result.versions["tvm"].startswith("0.27")
+    assert "onnxruntime" in result.versions
+    assert "llvm" in result.target
+    assert result.cpu == host_cpu_name()
+    assert result.compile_s > 0
+
+
+def test_json_round_trip(result):
+    text = json.dumps(result.to_json())
+    back = BenchResult.from_json(json.loads(text))
+    assert back == result
+    assert back.verified == result.verified
+    assert json.loads(text)["speedup_tvm_default_over_ort"].keys() == {"1", "2"}
+
+
+def test_table_has_a_row_per_runtime_and_thread_count(result):
+    table = format_bench_table(result)
+    rows = [line for line in table.splitlines() if line.startswith((ORT, TVM_DEFAULT))]
+    assert len(rows) == 4
+    assert sum(line.rstrip().endswith("yes") for line in rows) == 2
+    assert sum(line.rstrip().endswith("reference") for line in rows) == 2
+
+
+def test_perturbed_tvm_output_is_not_verified(result):
+    reference = [np.linspace(-1, 1, 50, dtype=np.float32).reshape(5, 10)]
+    perturbed = [reference[0].copy()]
+    perturbed[0][2, 3] += 0.05  # 5 % of the largest |value|
+    checks = compare_outputs(perturbed, reference, ["y"])
+    assert not checks[0].ok
+    assert checks[0].max_abs_err == pytest.approx(0.05, rel=1e-5)
+    assert checks[0].max_rel_err == pytest.approx(0.05, rel=1e-5)
+    assert checks[0].mismatched == pytest.approx(1 / 50)
+
+    tvm_run = dataclasses.replace(result.run(TVM_DEFAULT, 1), checks=checks)
+    assert not tvm_run.verified
+    broken = dataclasses.replace(
+        result, runs=tuple(tvm_run if r is result.run(TVM_DEFAULT, 1) else r for r in result.runs)
+    )
+    assert not broken.verified
+    table = format_bench_table(broken)
+    assert any(line.rstrip().endswith("NO") for line in table.splitlines())
+    assert "output 'y' differs from ORT's: 2.0% of elements" in table
+
+
+def test_compare_output_rules():
+    ref = np.array([[0.0, 1e-8, -2.0, 4.0]], dtype=np.float32)
+    same = compare_output("o", ref.copy(), ref)
+    assert same.ok and same.max_abs_err == 0.0 and same.ref_max_abs == 4.0
+    # float32-sized noise passes even where the reference is ~0 (relative to max |ref|)
+    noisy = compare_output("o", ref + np.float32(1e-6), ref)
+    assert noisy.ok and noisy.max_rel_err < 1e-6
+    wrong_shape = compare_output("o", ref[:, :3], ref)
+    assert not wrong_shape.ok and wrong_shape.max_abs_err == math.inf
+    assert OutputCheck.from_json(json.loads(json.dumps(wrong_shape.to_json()))) == wrong_shape
+    with_nan = ref.copy()
+    with_nan[0, 1] = np.nan
+    assert not compare_output("o", with_nan, ref).ok  # NaN where the reference is finite
+    assert compare_output("o", with_nan, with_nan).ok  # NaN in both places
+    ints = np.array([1, 2, 3], dtype=np.int64)
+    assert compare_output("i", ints, ints).ok
+    assert not compare_output("i", ints + np.array([0, 0, 1]), ints).ok  # exact for integers
+    zeros = np.zeros(4, np.float32)
+    assert compare_output("z", zeros, zeros).ok
+    assert not compare_output("z", zeros + 1.0, zeros).ok
+    # a missing output is a failed check, not a silent pass
+    missing = compare_outputs([ref], [ref, ref], ["a", "b"])
+    assert not all(c.ok for c in missing)
+
+
+def test_failing_runtime_is_a_record_not_an_exception(imported):
+    failed = bench_model(imported, threads=[1], protocol=FAST, timeout_s=0.01)
+    assert not failed.verified
+    for run in failed.runs:
+        assert run.timing is None and "timed out" in run.error
+    table = format_bench_table(failed)
+    assert "failed" in table and "timed out" in table
+    assert BenchResult.from_json(json.loads(json.dumps(failed.to_json()))) == failed
+
+
+def test_build_default_runs_and_matches_numpy_reference(imported):
+    feeds = random_inputs(imported.inputs, seed=3)
+    executable = build_default(imported.mod, host_target())
+    y, r = run_executable(executable, [feeds["x"]])
+    assert y.shape == (1, 10) and r.shape == (1, 8, 8, 8)
+    matmul = onnx.numpy_helper.to_array(_weight("M", (512, 10), 2))
+    np.testing.assert_allclose(y, r.reshape(1, -1) @ matmul, rtol=1e-4, atol=1e-5)
+    assert (r >= 0).all()
+
+
+def test_host_target():
+    target = host_target(3)
+    assert target.kind.name == "llvm"
+    assert target.attrs["num-cores"] == 3
+    assert target.attrs["mcpu"] == host_target().attrs["mcpu"]
+    assert host_target().attrs["num-cores"] == len(os.sched_getaffinity(0))
+
+
+# Runs a parallel TIR matmul after each step in argv ("env": as started, N: set_tvm_threads(N))
+# and reports [TVM's thread count, OS threads that did >= 25 % of the work], or the error.
+_THREAD_PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    import tvm
+    from tvm import te
+    from ago_search.build import set_tvm_threads, tvm_num_threads
+
+    n = 384
+    A = te.placeholder((n, n), name="A")
+    B = te.placeholder((n, n), name="B")
+    k = te.reduce_axis((0, n), name="k")
+    C = te.compute((n, n), lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="C")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([A, B, C]))
+    sch.parallel(sch.get_loops(sch.get_sblock("C"))[0])
+    f = tvm.compile(sch.mod, target="llvm")
+    a, b, c = (tvm.runtime.tensor(np.ones((n, n), "float32")) for _ in range(3))
+
+    def ticks():
+        out = {}
+        for t in os.listdir("/proc/self/task"):
+            fields = open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()
+            out[t] = int(fields[11]) + int(fields[12])
+        return out
+
+    def busy():
+        before = ticks()
+        for _ in range(12):
+            f(a, b, c)
+        after = ticks()
+        deltas = [after[t] - before.get(t, 0) for t in after]
+        return sum(d >= 0.25 * sum(deltas) for d in deltas)
+
+    report = []
+    for step in sys.argv[1:]:
+        try:
+            if step != "env":
+                set_tvm_threads(int(step))
+            report.append([tvm_num_threads(), busy()])
+        except RuntimeError as exc:
+            report.append(str(exc))
+    print(json.dumps(report))
+    """
+)
+
+
+def _probe(env_threads: int, *steps: str) -> list:
+    env = {**os.environ, **tvm_thread_env(env_threads), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _THREAD_PROBE, *steps],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_tvm_thread_count_really_changes():
+    # Counted as OS threads that did the work, not from timings. A fresh process gets the
+    # pool that tvm_thread_env asks for, and set_tvm_threads can shrink and regrow it ...
+    assert _probe(2, "env", "1", "2") == [[2, 2], [1, 1], [2, 2]]
+    # ... and, called before TVM's pool exists, create it with every core whatever the env.
+    assert _probe(1, "2", "1") == [[2, 2], [1, 1]]
+    # A pool that exists cannot grow past its first size: an error, not a silent 1 thread.
+    one, grown = _probe(1, "env", "2")
+    assert one == [1, 1]
+    assert "asked TVM for 2 threads, it uses 1" in grown
+
+
+def test_thread_env_rejects_zero():
+    with pytest.raises(ValueError):
+        tvm_thread_env(0)
