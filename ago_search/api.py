@@ -76,10 +76,14 @@ class InspectReport:
 
 def inspect(model: str | Path, input_shapes: list[str] | dict | None = None) -> InspectReport:
     """What is inside a model: operators, FLOPs, params, mapping types, TVM's default groups."""
+    return inspect_imported(load(model, input_shapes))
+
+
+def inspect_imported(imported: ImportedModel) -> InspectReport:
+    """`inspect` for a model already imported."""
     from ago_search.devices import host_target
     from ago_search.graph import build_opgraph, legalize, summarize, tvm_default_groups
 
-    imported = load(model, input_shapes)
     seconds = dict(imported.seconds)
     target = host_target()
     start = time.perf_counter()
@@ -99,7 +103,7 @@ def inspect(model: str | Path, input_shapes: list[str] | dict | None = None) -> 
         for g in default.groups
     )
     return InspectReport(
-        model=str(model),
+        model=imported.path,
         inputs=tuple((s.name, s.shape, s.dtype) for s in imported.inputs),
         opset=imported.opset,
         original_opset=imported.original_opset,
