@@ -41,8 +41,12 @@ class InspectReport:
     opset: int
     original_opset: int
     folded_nodes: int
-    summary: dict  # GraphSummary.to_dict()
+    rewrite: dict | None  # RewriteReport.to_json(), None with --no-rewrite
+    summary: dict  # GraphSummary.to_dict() of the graph the optimizer works on
     default_groups: tuple[GroupInfo, ...]
+    plan_name: str | None = None  # a seed plan asked for with --plan
+    plan_groups: tuple[GroupInfo, ...] = ()
+    plan_notes: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -50,16 +54,10 @@ class InspectReport:
         return sum(1 for g in self.default_groups if g.complex_ops > 1)
 
     def to_json(self) -> dict:
-        return {
-            "model": self.model,
-            "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self.inputs],
-            "opset": self.opset,
-            "original_opset": self.original_opset,
-            "folded_nodes": self.folded_nodes,
-            "summary": self.summary,
-            "tvm_default_groups": {
-                "count": len(self.default_groups),
-                "multi_complex": self.multi_complex_groups,
+        def groups(items: tuple[GroupInfo, ...]) -> dict:
+            return {
+                "count": len(items),
+                "multi_complex": sum(1 for g in items if g.complex_ops > 1),
                 "groups": [
                     {
                         "name": g.name,
@@ -67,49 +65,84 @@ class InspectReport:
                         "ops": list(g.ops),
                         "complex_ops": g.complex_ops,
                     }
-                    for g in self.default_groups
+                    for g in items
                 ],
-            },
+            }
+
+        data = {
+            "model": self.model,
+            "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self.inputs],
+            "opset": self.opset,
+            "original_opset": self.original_opset,
+            "folded_nodes": self.folded_nodes,
+            "rewrite": self.rewrite,
+            "summary": self.summary,
+            "tvm_default_groups": groups(self.default_groups),
             "seconds": self.seconds,
         }
+        if self.plan_name:
+            data["plan"] = {"name": self.plan_name, "notes": list(self.plan_notes)}
+            data["plan"].update(groups(self.plan_groups))
+        return data
 
 
-def inspect(model: str | Path, input_shapes: list[str] | dict | None = None) -> InspectReport:
-    """What is inside a model: operators, FLOPs, params, mapping types, TVM's default groups."""
-    return inspect_imported(load(model, input_shapes))
+def inspect(
+    model: str | Path,
+    input_shapes: list[str] | dict | None = None,
+    plan: str | None = None,
+    rewrite: bool = True,
+) -> InspectReport:
+    """What is inside a model: operators, FLOPs, params, mapping types, TVM's default groups,
+    and with `plan` one seed partition's groups (tvm, dnnfusion, intensive)."""
+    return inspect_imported(load(model, input_shapes), plan=plan, rewrite=rewrite)
 
 
-def inspect_imported(imported: ImportedModel) -> InspectReport:
+def inspect_imported(
+    imported: ImportedModel, plan: str | None = None, rewrite: bool = True
+) -> InspectReport:
     """`inspect` for a model already imported."""
     from ago_search.devices import host_target
-    from ago_search.graph import build_opgraph, legalize, summarize, tvm_default_groups
+    from ago_search.graph import summarize
+    from ago_search.pipeline import prepare_model, seed_partition
 
-    seconds = dict(imported.seconds)
-    target = host_target()
+    prepared = prepare_model(imported, host_target(), apply_rewrites=rewrite)
+    seconds = {**imported.seconds, **prepared.seconds}
+    graph = prepared.graph
+
+    def infos(partition, names=None) -> tuple[GroupInfo, ...]:
+        out = []
+        for i, gid in enumerate(partition.group_ids):
+            nodes = tuple(n for n in graph.order if n in partition.nodes_of(gid))
+            ops = tuple(graph.node(n)["op"] for n in nodes)
+            name = names[i] if names else f"g{gid}_" + "_".join(_short(o) for o in ops[:4])
+            complex_ops = sum(1 for n in nodes if graph.node(n)["complex"])
+            out.append(GroupInfo(name, nodes, ops, complex_ops))
+        return tuple(out)
+
     start = time.perf_counter()
-    legalized = legalize(imported.mod, target)
-    graph = build_opgraph(imported.mod, target=target, legalized=legalized)
-    seconds["opgraph"] = time.perf_counter() - start
-    start = time.perf_counter()
-    default = tvm_default_groups(imported.mod, target, graph=graph, legalized=legalized)
+    default = seed_partition(prepared, "tvm")
     seconds["default_fusion"] = time.perf_counter() - start
-    groups = tuple(
-        GroupInfo(
-            name=g.name,
-            nodes=tuple(g.nodes),
-            ops=tuple(graph.node(n)["op"] for n in g.nodes),
-            complex_ops=g.complex_ops,
-        )
-        for g in default.groups
-    )
+    plan_groups, notes = (), ()
+    if plan:
+        start = time.perf_counter()
+        seed = seed_partition(prepared, plan)
+        seconds["plan"] = time.perf_counter() - start
+        plan_groups = infos(seed.partition)
+        notes = tuple(seed.notes)
+        if seed.profile_edges:
+            notes += (f"{len(seed.profile_edges)} producer->consumer pairs left to profiling",)
     return InspectReport(
         model=imported.path,
         inputs=tuple((s.name, s.shape, s.dtype) for s in imported.inputs),
         opset=imported.opset,
         original_opset=imported.original_opset,
         folded_nodes=imported.fold.nodes_folded,
+        rewrite=prepared.rewrite_report.to_json() if prepared.rewrite_report else None,
         summary=summarize(graph).to_dict(),
-        default_groups=groups,
+        default_groups=infos(default.partition),
+        plan_name=plan,
+        plan_groups=plan_groups,
+        plan_notes=notes,
         seconds=seconds,
     )
 
@@ -133,6 +166,14 @@ def format_inspect(report: InspectReport) -> str:
         else f"{report.original_opset} -> {report.opset}"
     )
     lines.append(f"opset {opset}; {report.folded_nodes} shape-computing nodes folded to constants")
+    if report.rewrite:
+        rw = report.rewrite
+        fired = [r for r in rw["rules"] if r["ops_removed"] > 0]
+        lines.append(
+            f"rewrites: {rw['ops_before']} -> {rw['ops_after']} operators ("
+            + (", ".join(f"{r['rule']} -{r['ops_removed']}" for r in fired) or "none fired")
+            + ")"
+        )
     lines.append(
         f"operators: {s['nodes']} ({s['complex_ops']} complex), FLOPs: {_si(s['flops'])}, "
         f"parameters: {_si(s['params'])}, tensor traffic: {_si(s['bytes'], 'B')}"
@@ -157,6 +198,19 @@ def format_inspect(report: InspectReport) -> str:
     largest = sorted(groups, key=lambda g: (-len(g.nodes), g.name))[:5]
     for g in largest:
         lines.append(f"  {g.name}: {len(g.nodes)} ops ({', '.join(_short(o) for o in g.ops)})")
+    if report.plan_name:
+        plan_groups = report.plan_groups
+        multi = sum(1 for g in plan_groups if g.complex_ops > 1)
+        lines.append("")
+        lines.append(
+            f"plan '{report.plan_name}': {len(plan_groups)} groups, {multi} with several "
+            "complex ops"
+        )
+        for note in report.plan_notes:
+            lines.append(f"  note: {note}")
+        for g in plan_groups:
+            ops = ", ".join(_short(o) for o in g.ops[:8]) + (", ..." if len(g.ops) > 8 else "")
+            lines.append(f"  {g.name:<40} {len(g.nodes):>3} ops, {g.complex_ops} complex  [{ops}]")
     return "\n".join(lines)
 
 

@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="operators, FLOPs, parameters, mapping types, TVM's default fusion groups",
     )
     _model_args(inspect)
+    inspect.add_argument(
+        "--plan",
+        choices=["tvm", "dnnfusion", "intensive"],
+        help="also print this seed partition's groups",
+    )
+    inspect.add_argument(
+        "--no-rewrite", action="store_true", help="show the graph before the algebraic rewrites"
+    )
     inspect.add_argument("--json", type=Path, help="also write the report as JSON here")
 
     bench = sub.add_parser(
@@ -78,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         from ago_search import api
 
         if args.command == "inspect":
-            report = api.inspect(args.model, args.input_shape)
+            report = api.inspect(
+                args.model, args.input_shape, plan=args.plan, rewrite=not args.no_rewrite
+            )
             print(api.format_inspect(report))
             if args.json:
                 api.write_json(report.to_json(), args.json)

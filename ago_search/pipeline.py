@@ -47,9 +47,7 @@ def prepare_model(
         start = time.perf_counter()
         mod, report = rewrite(imported.mod, rules=rewrite_rules)
         seconds["rewrite"] = time.perf_counter() - start
-        log.info(
-            "rewrites: %d -> %d operator bindings", report.ops_before, report.ops_after
-        )
+        log.info("rewrites: %d -> %d operator bindings", report.ops_before, report.ops_after)
     start = time.perf_counter()
     legalized = legalize(mod, target)
     seconds["legalize"] = time.perf_counter() - start
@@ -57,3 +55,30 @@ def prepare_model(
     graph = build_opgraph(mod, target=target, legalized=legalized)
     seconds["opgraph"] = time.perf_counter() - start
     return PreparedModel(imported, target, mod, legalized, graph, report, seconds)
+
+
+SEED_NAMES = ("tvm", "dnnfusion", "intensive")
+
+
+def seed_partition(prepared: PreparedModel, name: str, cache_bytes: int | None = None):
+    """One of the seed partitions (`SEED_NAMES`) of a prepared model, as a `SeedResult`.
+
+    `intensive` fuses several complex ops while the group's working set fits `cache_bytes`
+    (default: this host's L2, `host_cache_bytes()`).
+    """
+    from ago_search.errors import AgoSearchError
+    from ago_search.graph import tvm_default_groups
+    from ago_search.partition import dnnfusion_seed, host_cache_bytes, intensive_seed, tvm_seed
+
+    graph = prepared.graph
+    if name == "tvm":
+        default = tvm_default_groups(
+            prepared.mod, prepared.target, graph=graph, legalized=prepared.legalized
+        )
+        return tvm_seed(graph, default)
+    if name == "dnnfusion":
+        return dnnfusion_seed(graph)
+    if name == "intensive":
+        budget = cache_bytes if cache_bytes is not None else host_cache_bytes()
+        return intensive_seed(graph, cache_bytes=budget)
+    raise AgoSearchError(f"unknown seed plan '{name}': choose one of {', '.join(SEED_NAMES)}")
