@@ -1,0 +1,633 @@
+"""The tuning database: every measurement of every task on every device, in one SQLite file.
+
+Tables (schema version 1):
+
+- `workloads(id, shash, mod_json)`: tasks' IRModules as `tvm.ir.save_json` text, found by
+  MetaSchedule's structural hash and confirmed by structural equality.
+- `tasks(task_key, target, workload_id, name, created_at)`: one row per task key; the
+  workload is NULL for a task whose records were committed without its module.
+- `records(id, task_key, device_key, target, trace_hash, trace_json, status, latencies,
+  median, error, layout, features, features_shape, measured_at, build_seconds, extra)`: one
+  row per (task_key, device_key, trace_hash, target), unique. Indexed for "was this trace
+  measured?" (the unique index) and for best-of queries (task, device, status, median).
+
+Crash safety. The file is in WAL mode and every commit is its own transaction, done before
+`commit_record` returns. A commit in WAL mode is an append to the `-wal` file: once `write(2)`
+returns, the bytes are in the kernel's page cache, which outlives the process, so a SIGKILL,
+segfault or OOM kill of the writer loses nothing it committed (the next opener replays the
+WAL). `synchronous=NORMAL` (the default here) skips the fsync per commit: only an OS crash or
+power loss can lose the last commits, and even then the file stays consistent. `FULL` adds
+an fsync per commit, which survives power loss too, at the price of a disk flush while the
+write lock is held (0.27 ms a commit instead of 0.11 ms on this project's machine; far more on
+network or SD-card storage), and writers wait for each other's flushes. NORMAL is the default:
+the requirement is surviving the death of the process, and many Ray workers may share one
+file. Pass synchronous="FULL" where power loss matters more than that.
+
+Concurrency. Several processes may open one file (a Ray worker writing while the search
+reads). Readers never block in WAL mode; writers take the lock up front (`BEGIN IMMEDIATE`)
+and wait up to `busy_timeout_s` for each other. One `TuningDatabase` may be used from several
+threads (calls are serialised); do not carry one across `fork`: open the path in the child.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ago_search.database.records import (
+    Record,
+    Status,
+    TaskEntry,
+    canonical_json,
+    canonical_target,
+    decode_features,
+    encode_features,
+)
+from ago_search.errors import AgoSearchError
+
+__all__ = ["SCHEMA_VERSION", "DatabaseError", "TuningDatabase"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_STATUSES = ", ".join(f"'{s}'" for s in Status)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workloads (
+    id INTEGER PRIMARY KEY,
+    shash TEXT NOT NULL,
+    mod_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workloads_by_hash ON workloads (shash);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_key TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    workload_id INTEGER REFERENCES workloads (id),
+    name TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_workload ON tasks (workload_id, target);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    task_key TEXT NOT NULL,
+    device_key TEXT NOT NULL,
+    target TEXT NOT NULL,
+    trace_hash TEXT NOT NULL,
+    trace_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+    latencies TEXT NOT NULL,
+    median REAL,
+    error TEXT,
+    layout TEXT,
+    features BLOB,
+    features_shape TEXT,
+    measured_at REAL NOT NULL,
+    build_seconds REAL,
+    extra TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_identity
+    ON records (task_key, device_key, trace_hash, target);
+CREATE INDEX IF NOT EXISTS records_best ON records (task_key, device_key, status, median);
+"""
+
+# Columns of `records` in the order rows are written and read (without the id).
+_COLUMNS = (
+    "task_key",
+    "device_key",
+    "target",
+    "trace_hash",
+    "trace_json",
+    "status",
+    "latencies",
+    "median",
+    "error",
+    "layout",
+    "features",
+    "features_shape",
+    "measured_at",
+    "build_seconds",
+    "extra",
+)
+_SELECT = ", ".join(_COLUMNS)
+_INSERT = (
+    f"INSERT INTO records ({_SELECT}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    "ON CONFLICT (task_key, device_key, trace_hash, target) DO "
+)
+_INSERT_OR_KEEP = _INSERT + "NOTHING"
+_INSERT_OR_REPLACE = (
+    _INSERT
+    + "UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in ("task_key", "device_key"))
+)
+_INSERT_TASK = (
+    "INSERT INTO tasks (task_key, target, workload_id, name, created_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (task_key) DO UPDATE SET "
+    "workload_id = coalesce(tasks.workload_id, excluded.workload_id), "
+    "name = coalesce(tasks.name, excluded.name)"
+)
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class DatabaseError(AgoSearchError):
+    """A tuning database or trace file cannot be used as given."""
+
+
+def _row(record: Record) -> tuple:
+    features: bytes | None = None
+    shape: str | None = None
+    if record.features is not None:
+        features, dims = encode_features(record.features)
+        shape = json.dumps(dims)
+    return (
+        record.task_key,
+        record.device_key,
+        record.target,
+        record.trace_hash,
+        record.trace_json,
+        str(record.status),
+        json.dumps(list(record.latencies)),
+        record.median,
+        record.error,
+        record.layout,
+        features,
+        shape,
+        record.measured_at,
+        record.build_seconds,
+        canonical_json(record.extra),
+    )
+
+
+def _record(row: Sequence[Any]) -> Record:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    features = None
+    if values["features"] is not None:
+        features = decode_features(values["features"], json.loads(values["features_shape"]))
+    return Record(
+        task_key=values["task_key"],
+        device_key=values["device_key"],
+        target=values["target"],
+        trace_json=values["trace_json"],
+        status=Status(values["status"]),
+        latencies=tuple(json.loads(values["latencies"])),
+        median=values["median"],
+        error=values["error"],
+        layout=values["layout"],
+        features=features,
+        measured_at=values["measured_at"],
+        build_seconds=values["build_seconds"],
+        extra=json.loads(values["extra"]),
+    )
+
+
+class TuningDatabase:
+    """Tasks, workloads and measurement records in one SQLite file (see the module doc).
+
+    path: the database file, created with its folder if missing (unless read_only).
+    synchronous: SQLite's `synchronous` for this connection: "NORMAL" survives the death of
+        the process, "FULL" also a power loss (an fsync per commit).
+    busy_timeout_s: how long a writer waits for another process's transaction.
+    read_only: open an existing database without writing to it (merges read their source so).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_s: float = 60.0,
+        read_only: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous}")
+        if not self.path.exists():
+            if read_only:
+                raise DatabaseError(f"no tuning database at {self.path}: check the path")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro" if read_only else str(self.path),
+                timeout=busy_timeout_s,
+                isolation_level=None,  # transactions are explicit: one per commit
+                check_same_thread=False,  # calls are serialised by self._lock
+                uri=read_only,
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            if read_only:
+                self._check_schema()
+            else:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    log.warning("%s: journal mode is %s, not WAL (file system?)", self.path, mode)
+                self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+                self._create_schema()
+        except sqlite3.DatabaseError as err:
+            raise DatabaseError(
+                f"{self.path} is not a usable SQLite tuning database ({err}): "
+                "pass the path of a tuning.db written by ago-search, or a new path"
+            ) from err
+        # structural hash -> [(workload id, IRModule)], filled on demand
+        self._workloads: dict[int, list[tuple[int, Any]]] = {}
+        self._modules: dict[int, Any] = {}
+
+    # ---------------------------------------------------------------- connection
+
+    def _create_schema(self) -> None:
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            raise DatabaseError(f"{self.path} is an SQLite file, but not a tuning database")
+        if int(row[0]) > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{self.path} has schema version {row[0]}, newer than this ago-search reads "
+                f"({SCHEMA_VERSION}): upgrade ago-search"
+            )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from its start."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> TuningDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TuningDatabase({str(self.path)!r})"
+
+    # ---------------------------------------------------------------- workloads and tasks
+
+    def _workload_candidates(self, shash: int) -> list[tuple[int, Any]]:
+        """Stored workloads with this hash, loading those another process added since."""
+        import tvm
+
+        known = self._workloads.setdefault(shash, [])
+        known_ids = {wid for wid, _ in known}
+        for wid, mod_json in self._query(
+            "SELECT id, mod_json FROM workloads WHERE shash = ? ORDER BY id", (str(shash),)
+        ):
+            if wid not in known_ids:
+                mod = tvm.ir.load_json(mod_json)
+                known.append((wid, mod))
+                self._modules[wid] = mod
+        return known
+
+    def find_workload(self, mod: Any) -> int | None:
+        """The id of the stored workload structurally equal to `mod`, None if there is none."""
+        import tvm_ffi
+
+        shash = int(tvm_ffi.structural_hash(mod))
+        for wid, stored in self._workloads.get(shash, ()):
+            if tvm_ffi.structural_equal(stored, mod):
+                return wid
+        for wid, stored in self._workload_candidates(shash):
+            if tvm_ffi.structural_equal(stored, mod):
+                return wid
+        return None
+
+    def commit_workload(self, mod: Any) -> int:
+        """Store `mod` (an IRModule) unless a structurally equal one is stored; its id."""
+        import tvm
+        import tvm_ffi
+
+        wid = self.find_workload(mod)
+        if wid is not None:
+            return wid
+        shash = int(tvm_ffi.structural_hash(mod))
+        with self._write():
+            # another process may have added it since: decide under the write lock
+            for wid, stored in self._workload_candidates(shash):
+                if tvm_ffi.structural_equal(stored, mod):
+                    return wid
+            cursor = self._conn.execute(
+                "INSERT INTO workloads (shash, mod_json) VALUES (?, ?)",
+                (str(shash), tvm.ir.save_json(mod)),
+            )
+            wid = int(cursor.lastrowid)
+        self._workloads.setdefault(shash, []).append((wid, mod))
+        self._modules[wid] = mod
+        return wid
+
+    def workload_module(self, workload_id: int) -> Any:
+        """The stored IRModule of a workload id."""
+        import tvm
+
+        mod = self._modules.get(workload_id)
+        if mod is None:
+            rows = self._query("SELECT mod_json FROM workloads WHERE id = ?", (workload_id,))
+            if not rows:
+                raise KeyError(f"no workload {workload_id} in {self.path}")
+            mod = self._modules[workload_id] = tvm.ir.load_json(rows[0][0])
+        return mod
+
+    def commit_task(
+        self,
+        task_key: str,
+        target: Any,
+        mod: Any | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Register a task (and its IRModule, which MetaSchedule needs to replay its traces).
+
+        A task already registered keeps its target; a module or name it lacked is added.
+        """
+        wid = self.commit_workload(mod) if mod is not None else None
+        with self._write() as conn:
+            conn.execute(_INSERT_TASK, (task_key, canonical_target(target), wid, name, time.time()))
+
+    def workload(self, task_key: str) -> Any | None:
+        """The IRModule of a task, None if the task or its module is not stored."""
+        rows = self._query("SELECT workload_id FROM tasks WHERE task_key = ?", (task_key,))
+        if not rows or rows[0][0] is None:
+            return None
+        return self.workload_module(rows[0][0])
+
+    def task(self, task_key: str) -> TaskEntry | None:
+        rows = self._query(
+            "SELECT t.task_key, t.target, w.shash, t.name FROM tasks t "
+            "LEFT JOIN workloads w ON w.id = t.workload_id WHERE t.task_key = ?",
+            (task_key,),
+        )
+        return _task_entry(rows[0]) if rows else None
+
+    def tasks(self, device_key: str | None = None) -> list[TaskEntry]:
+        """Tasks in key order; with device_key, only those with records on that device."""
+        sql = (
+            "SELECT t.task_key, t.target, w.shash, t.name FROM tasks t "
+            "LEFT JOIN workloads w ON w.id = t.workload_id"
+        )
+        params: tuple = ()
+        if device_key is not None:
+            sql += (
+                " WHERE EXISTS (SELECT 1 FROM records r "
+                "WHERE r.task_key = t.task_key AND r.device_key = ?)"
+            )
+            params = (device_key,)
+        return [_task_entry(row) for row in self._query(sql + " ORDER BY t.task_key", params)]
+
+    def task_keys_of_workload(self, workload_id: int, target: str | None = None) -> list[str]:
+        """Keys of the tasks of a workload (for one canonical target, or any)."""
+        sql = "SELECT task_key FROM tasks WHERE workload_id = ?"
+        params: tuple = (workload_id,)
+        if target is not None:
+            sql += " AND target = ?"
+            params += (target,)
+        return [row[0] for row in self._query(sql + " ORDER BY task_key", params)]
+
+    def devices(self) -> list[str]:
+        """Device keys that have records."""
+        return [row[0] for row in self._query("SELECT DISTINCT device_key FROM records ORDER BY 1")]
+
+    # ---------------------------------------------------------------- records
+
+    def commit_record(self, record: Record, *, replace: bool = False) -> bool:
+        """Store one measurement in its own transaction, durable when this returns.
+
+        A record with the identity of a stored one (task, device, trace hash, target) is kept
+        out unless replace=True (a deliberate re-measurement). Its task is registered if
+        new. Returns whether the record was written.
+        """
+        with self._write() as conn:
+            conn.execute(_INSERT_TASK, (record.task_key, record.target, None, None, time.time()))
+            cursor = conn.execute(_INSERT_OR_REPLACE if replace else _INSERT_OR_KEEP, _row(record))
+            written = cursor.rowcount == 1
+        if not written:
+            log.debug("record %s/%s already stored", record.task_key, record.trace_hash)
+        return written
+
+    def commit_records(self, records: Iterable[Record]) -> int:
+        """Store many records in one transaction (imports, merges); returns how many were new."""
+        rows = [_row(r) for r in records]
+        tasks = {(row[0], row[2]) for row in rows}
+        with self._write() as conn:
+            now = time.time()
+            conn.executemany(_INSERT_TASK, [(k, t, None, None, now) for k, t in sorted(tasks)])
+            before = conn.total_changes
+            conn.executemany(_INSERT_OR_KEEP, rows)
+            return conn.total_changes - before
+
+    def set_status(
+        self,
+        task_key: str,
+        device_key: str,
+        trace_hash: str,
+        status: Status | str,
+        error: str | None = None,
+    ) -> int:
+        """Change the status of a measured trace (e.g. to wrong_result after a check); the
+        number of records changed (one per target)."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE records SET status = ?, error = coalesce(?, error) "
+                "WHERE task_key = ? AND device_key = ? AND trace_hash = ?",
+                (str(Status(status)), error, task_key, device_key, trace_hash),
+            )
+            return cursor.rowcount
+
+    def has_measured(
+        self, task_key: str, device_key: str, trace_hash: str, target: Any | None = None
+    ) -> bool:
+        """Whether this trace of this task was measured on this device (any outcome)."""
+        sql = "SELECT 1 FROM records WHERE task_key = ? AND device_key = ? AND trace_hash = ?"
+        params: tuple = (task_key, device_key, trace_hash)
+        if target is not None:
+            sql += " AND target = ?"
+            params += (canonical_target(target),)
+        return bool(self._query(sql + " LIMIT 1", params))
+
+    def measured(self, task_key: str, device_key: str) -> dict[str, Status]:
+        """trace hash -> status of every trace of a task measured on a device: what a resumed
+        search skips, in one query."""
+        rows = self._query(
+            "SELECT trace_hash, status FROM records WHERE task_key = ? AND device_key = ?",
+            (task_key, device_key),
+        )
+        return {trace: Status(status) for trace, status in rows}
+
+    def records(
+        self,
+        task_key: str | None = None,
+        device_key: str | None = None,
+        status: Status | str | None = None,
+        target: Any | None = None,
+    ) -> list[Record]:
+        """Records in commit order, filtered by whichever of the arguments are given."""
+        where, params = _filters(task_key, device_key, status, target)
+        rows = self._query(f"SELECT {_SELECT} FROM records{where} ORDER BY id", params)
+        return [_record(row) for row in rows]
+
+    def best(
+        self, task_key: str, device_key: str, k: int = 1, target: Any | None = None
+    ) -> list[Record]:
+        """The k fastest ok records of a task on a device (by median), fastest first.
+        Failures and wrong results are never among them."""
+        if k <= 0:
+            return []
+        where, params = _filters(task_key, device_key, Status.OK, target)
+        rows = self._query(
+            f"SELECT {_SELECT} FROM records{where} ORDER BY median, id LIMIT ?", (*params, k)
+        )
+        return [_record(row) for row in rows]
+
+    def status_counts(
+        self, task_key: str | None = None, device_key: str | None = None
+    ) -> dict[Status, int]:
+        """Number of records per status (every status present, zeros included)."""
+        where, params = _filters(task_key, device_key, None, None)
+        counts = dict.fromkeys(Status, 0)
+        for status, n in self._query(
+            f"SELECT status, count(*) FROM records{where} GROUP BY status", params
+        ):
+            counts[Status(status)] = n
+        return counts
+
+    def __len__(self) -> int:
+        return int(self._query("SELECT count(*) FROM records")[0][0])
+
+    # ---------------------------------------------------------------- merge, export, import
+
+    def merge_from(self, other: str | os.PathLike[str] | TuningDatabase) -> int:
+        """Add every task, workload and record of another database that this one lacks.
+
+        Records are the same when (task, device, trace hash, target) are, so merging twice
+        adds nothing the second time. Returns the number of records added.
+        """
+        source = other if isinstance(other, TuningDatabase) else None
+        if source is None:
+            path = Path(other)
+            if not path.exists():
+                raise DatabaseError(f"cannot merge {path}: no such tuning database")
+            if path.resolve() == self.path.resolve():
+                return 0
+            source = TuningDatabase(path, read_only=True)
+        elif source.path.resolve() == self.path.resolve():
+            return 0
+        try:
+            return self._merge_rows(source)
+        finally:
+            if source is not other:
+                source.close()
+
+    def _merge_rows(self, source: TuningDatabase) -> int:
+        remap: dict[int, int] = {}
+        for wid, _shash, _mod_json in source._query(
+            "SELECT id, shash, mod_json FROM workloads ORDER BY id"
+        ):
+            remap[wid] = self.commit_workload(source.workload_module(wid))
+        tasks = source._query(
+            "SELECT task_key, target, workload_id, name, created_at FROM tasks ORDER BY task_key"
+        )
+        added = 0
+        with self._write() as conn:
+            conn.executemany(
+                _INSERT_TASK,
+                [(k, t, remap.get(w) if w is not None else None, n, c) for k, t, w, n, c in tasks],
+            )
+            before = conn.total_changes
+            with source._lock:
+                cursor = source._conn.execute(f"SELECT {_SELECT} FROM records ORDER BY id")
+                while batch := cursor.fetchmany(1000):
+                    conn.executemany(_INSERT_OR_KEEP, batch)
+            added = conn.total_changes - before
+        log.info("merged %d new records from %s into %s", added, source.path, self.path)
+        return added
+
+    def export_jsonl(
+        self,
+        path: str | os.PathLike[str],
+        device_key: str | None = None,
+        compress: bool = True,
+    ) -> int:
+        """Write records (of one device, or all) as a datasets/ trace file; how many."""
+        from ago_search.database.jsonl import export_jsonl
+
+        return export_jsonl(self, path, device_key=device_key, compress=compress)
+
+    def import_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Add the tasks and records of a datasets/ trace file; how many records were new."""
+        from ago_search.database.jsonl import import_jsonl
+
+        return import_jsonl(self, path)
+
+    def metaschedule(self, device_key: str, target: Any | None = None) -> Any:
+        """This database as a MetaSchedule `Database` for one device (see `SqliteDatabase`)."""
+        from ago_search.database.metaschedule import SqliteDatabase
+
+        return SqliteDatabase(self, device_key, target)
+
+
+def _task_entry(row: Sequence[Any]) -> TaskEntry:
+    key, target, shash, name = row
+    return TaskEntry(
+        task_key=key,
+        target=target,
+        workload_hash=int(shash) if shash is not None else None,
+        name=name,
+    )
+
+
+def _filters(
+    task_key: str | None,
+    device_key: str | None,
+    status: Status | str | None,
+    target: Any | None,
+) -> tuple[str, tuple]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("task_key", task_key),
+        ("device_key", device_key),
+        ("status", str(Status(status)) if status is not None else None),
+        ("target", canonical_target(target) if target is not None else None),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return where, tuple(params)
