@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         path = REPO / "datasets" / "zoo" / entry["file"]
         start = time.perf_counter()
         imported = api.load(path, entry["inputs"])
-        report = api.inspect_imported(imported)
+        report = api.inspect_imported(imported, rewrite=False)
         result = bench_model(imported, threads=threads, protocol=protocol)
         rows.append(_row(name, entry, report, result))
         print(f"{name}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
