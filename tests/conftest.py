@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -22,3 +23,15 @@ def zoo() -> dict:
         name: {**entry, "path": str(ZOO_DIR / entry["file"])}
         for name, entry in manifest["models"].items()
     }
+
+
+@pytest.fixture(autouse=True)
+def metaschedule_logger_propagates():
+    """Keep pytest's handlers off MetaSchedule's logger.
+
+    tune_tir makes that logger non-propagating; pytest then attaches its unnamed capture
+    handlers to it at the start of every later test, and MetaSchedule's logger set-up fails on
+    an unnamed handler (AttributeError in meta_schedule/logging.py): a second tune_tir in one
+    pytest session would fail. A propagating logger gets none.
+    """
+    logging.getLogger("tvm.s_tir.meta_schedule").propagate = True

@@ -37,6 +37,7 @@ _LAZY = {
     "OutputHook": "runners",
     "TUNING_PROTOCOL": "runners",
     "DEFAULT_RUN_TIMEOUT": "runners",
+    "DeviceUnavailableError": "runners",
     "register_cpu_tensor_intrinsics": "intrinsics",
 }
 

@@ -1,0 +1,557 @@
+"""Runners: time built candidates on a device, one measurement at a time, in isolation.
+
+Both runners are MetaSchedule `PyRunner`s (RunnerInput -> RunnerFuture of RunnerResult), so
+`ms.tune_tir(..., runner=...)` and our own search use them alike. They time with the
+project's protocol (`protocol.time_evaluator_kwargs`), and run every measurement in an
+`IsolatedWorker` subprocess with a time-out: a kernel that crashes or hangs costs one error
+result, never the tuning process.
+
+- `SubprocessRunner`: a local device (this machine's CPU). The worker has the profile's
+  thread count.
+- `RPCRunner`: a device behind a TVM RPC tracker. The worker is the RPC client; it keeps its
+  session between candidates (2-3 ms of overhead a candidate on 127.0.0.1, against about
+  0.1 s for a fresh session from the tracker, as MetaSchedule's RPCRunner takes) and replaces
+  it before the server's session time-out would end it. Libraries must be linked for the
+  device (`LocalBuilder.for_device`). TVM's own Python RPC server stops serving after a
+  session crashes; `ago_search.measure.rpc_server` does not.
+
+Each measurement holds the device's leases exclusively (`lease.measurement_leases`): no other
+measurement on the device, and for the host's cores no build either. The runners measure
+synchronously, like MetaSchedule's LocalRunner: `run` returns finished futures, so the
+tuning process does no search work while its candidates are timed.
+
+Outputs: an `OutputHook` can give fixed inputs for a candidate; the runner then runs it once
+on them first and hands all its arguments afterwards (inputs and outputs, numpy) to the
+hook's `check`, whose complaint turns the result into an error ("wrong result: ..."), so
+MetaSchedule never picks it. `measure()` returns them directly to a caller that compares
+later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.runner import (
+    PyRunner,
+    PyRunnerFuture,
+    RunnerFuture,
+    RunnerInput,
+    RunnerResult,
+)
+
+from ago_search.errors import AgoSearchError
+from ago_search.measure.lease import DeviceLease, holding_all, host_cpu_lease, measurement_leases
+from ago_search.measure.protocol import MeasureProtocol, time_evaluator_kwargs
+from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError, WorkerTimeout
+
+if TYPE_CHECKING:
+    from ago_search.devices import DeviceProfile, RPCConnection
+
+__all__ = [
+    "DEFAULT_RUN_TIMEOUT",
+    "TUNING_PROTOCOL",
+    "DeviceUnavailableError",
+    "Measurement",
+    "OutputHook",
+    "RPCRunner",
+    "SubprocessRunner",
+    "measure_local",
+    "measure_rpc",
+    "open_rpc_session",
+]
+
+log = logging.getLogger(__name__)
+
+# Candidates in a search are compared, not reported: a shorter protocol than a final
+# benchmark's, still long enough (20 ms a repeat) to rise above the clock and call overhead.
+TUNING_PROTOCOL = MeasureProtocol(warmup=1, number=None, repeat=5, min_repeat_ms=20.0)
+
+# Seconds one measurement may take, loading and allocation included.
+DEFAULT_RUN_TIMEOUT = 30.0
+
+ArgsInfo = Sequence[Sequence[Any]]  # ArgInfo.as_json(): ["TENSOR", dtype, shape]
+
+
+class DeviceUnavailableError(AgoSearchError):
+    """The device cannot be reached (no RPC server under its key): not a candidate's error."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One candidate's measurement: per-repeat seconds, or why there are none.
+
+    outputs: every argument of the kernel after one run on the fixed inputs (when asked for).
+    wall_secs: wall time of the whole call (loading, allocation, timing; a worker's start-up
+    excluded), to see the overhead per candidate. started_at/ended_at: the span of the call,
+    in epoch seconds, inside the device's leases: the spans of one device never overlap.
+    """
+
+    run_secs: tuple[float, ...] | None
+    error: str | None = None
+    outputs: tuple[np.ndarray, ...] | None = None
+    wall_secs: float = 0.0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def median(self) -> float | None:
+        return float(np.median(self.run_secs)) if self.run_secs else None
+
+    def to_runner_result(self) -> RunnerResult:
+        if self.error is not None:
+            return RunnerResult(None, self.error)
+        return RunnerResult(list(self.run_secs or ()), None)
+
+
+class OutputHook(Protocol):
+    """Fixed inputs for a candidate, and a check of what it computed from them."""
+
+    def inputs_for(self, runner_input: RunnerInput) -> Sequence[np.ndarray | None] | None:
+        """One array (or None: random) per kernel argument, or None for no check."""
+        ...
+
+    def check(self, runner_input: RunnerInput, outputs: Sequence[np.ndarray]) -> str | None:
+        """None if the arguments after one run are right, else what is wrong."""
+        ...
+
+
+# ---- what runs inside the worker subprocess ---------------------------------------------
+
+
+def _allocate(
+    args_info: ArgsInfo,
+    device: Any,
+    random_fill: Any,
+    inputs: Sequence[np.ndarray | None] | None,
+) -> list[Any]:
+    import tvm
+
+    if inputs is not None and len(inputs) != len(args_info):
+        raise ValueError(f"{len(inputs)} fixed inputs for {len(args_info)} arguments")
+    args = []
+    for index, info in enumerate(args_info):
+        kind, dtype, shape = info
+        if kind != "TENSOR":
+            raise NotImplementedError(f"argument {index} of kind {kind!r}")
+        given = inputs[index] if inputs is not None else None
+        if given is not None:
+            given = np.ascontiguousarray(given, dtype=dtype)
+            if tuple(given.shape) != tuple(shape):
+                raise ValueError(f"input {index} has shape {given.shape}, expected {shape}")
+            array = tvm.runtime.empty(tuple(shape), dtype, device)
+            array.copyfrom(given)
+        else:
+            array = tvm.runtime.empty(tuple(shape), dtype, device)
+            random_fill(array)
+        args.append(array)
+    return args
+
+
+def _time_module(
+    rt_mod: Any,
+    device: Any,
+    random_fill: Any,
+    args_info: ArgsInfo,
+    protocol: dict,
+    inputs: Sequence[np.ndarray | None] | None,
+    return_outputs: bool,
+) -> dict[str, Any]:
+    proto = MeasureProtocol.from_json(protocol)
+    args = _allocate(args_info, device, random_fill, inputs)
+    function = rt_mod[rt_mod.entry_name]
+    outputs = None
+    if return_outputs:
+        function(*args)
+        device.sync()
+        outputs = [array.numpy() for array in args]
+    # time_evaluator makes one untimed call itself; the protocol's other warm-up calls are ours.
+    for _ in range(max(0, proto.warmup - 1)):
+        function(*args)
+    evaluator = rt_mod.time_evaluator(rt_mod.entry_name, device, **time_evaluator_kwargs(proto))
+    device.sync()
+    result = evaluator(*args)
+    return {"run_secs": [float(s) for s in result.results], "outputs": outputs}
+
+
+def measure_local(
+    artifact_path: str,
+    device_type: str,
+    args_info: ArgsInfo,
+    protocol: dict,
+    inputs: Sequence[np.ndarray | None] | None = None,
+    return_outputs: bool = False,
+) -> dict[str, Any]:
+    """Load a library here and time its entry function (runs in the worker subprocess)."""
+    import tvm
+
+    rt_mod = tvm.runtime.load_module(artifact_path)
+    device = tvm.runtime.device(device_type, 0)
+    random_fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
+    return _time_module(rt_mod, device, random_fill, args_info, protocol, inputs, return_outputs)
+
+
+# The RPC client worker's session with the device, and when it was opened. One per worker.
+_SESSION: dict[str, Any] = {}
+
+
+def _session_key(connection: dict) -> tuple:
+    return (connection["tracker_host"], int(connection["tracker_port"]), connection["key"])
+
+
+def open_rpc_session(connection: dict, reuse: bool) -> bool:
+    """Make sure the worker holds a session with the device; True if the kept one will do.
+
+    A kept session is used while younger than half the session time-out (the server ends a
+    session at its time-out, and a measurement must not be cut by that). Runs in the worker.
+    connection: tracker_host, tracker_port, key, session_timeout, priority.
+    """
+    from tvm import rpc
+
+    lifetime = float(connection["session_timeout"])
+    kept = _SESSION.get("session")
+    if (
+        reuse
+        and kept is not None
+        and _SESSION.get("key") == _session_key(connection)
+        and time.monotonic() - _SESSION["opened"] < 0.5 * lifetime
+    ):
+        return True
+    _SESSION.clear()
+    tracker = rpc.connect_tracker(connection["tracker_host"], int(connection["tracker_port"]))
+    session = tracker.request(
+        connection["key"],
+        priority=int(connection.get("priority", 1)),
+        session_timeout=lifetime,
+    )
+    _SESSION.update(session=session, key=_session_key(connection), opened=time.monotonic())
+    return False
+
+
+def measure_rpc(
+    connection: dict,
+    artifact_path: str,
+    device_type: str,
+    args_info: ArgsInfo,
+    protocol: dict,
+    inputs: Sequence[np.ndarray | None] | None = None,
+    return_outputs: bool = False,
+    reuse_session: bool = True,
+) -> dict[str, Any]:
+    """Upload a library to the device and time it there, in the session `open_rpc_session`
+    opened (runs in the worker subprocess)."""
+    if "session" not in _SESSION:
+        open_rpc_session(connection, reuse_session)
+    session = _SESSION["session"]
+    remote_name = Path(artifact_path).name
+    try:
+        try:
+            session.upload(artifact_path, remote_name)
+        except Exception:
+            # A kept session that died since (a server restart, the last candidate crashed
+            # it) is not this candidate's fault: once more with a fresh session.
+            open_rpc_session(connection, reuse=False)
+            session = _SESSION["session"]
+            session.upload(artifact_path, remote_name)
+        rt_mod = session.load_module(remote_name)
+        device = session.device(device_type, 0)
+        random_fill = session.get_function("tvm.contrib.random.random_fill_for_measure")
+        result = _time_module(
+            rt_mod, device, random_fill, args_info, protocol, inputs, return_outputs
+        )
+        with contextlib.suppress(Exception):
+            session.remove(remote_name)
+    except BaseException:
+        _SESSION.clear()  # whatever state the session is in, the next candidate gets a new one
+        raise
+    if not reuse_session:
+        _SESSION.clear()
+    return result
+
+
+# ---- the runners --------------------------------------------------------------------------
+
+
+def _device_type_name(device_type: str) -> str:
+    """A device name the runtime knows ("cpu") for a RunnerInput's, which may be a target
+    kind ("llvm")."""
+    import tvm
+
+    try:
+        tvm.runtime.device(device_type, 0)
+        return device_type
+    except ValueError:
+        number = tvm.target.Target(device_type).get_target_device_type()
+        return str(tvm.runtime.device(number, 0)).split(":", 1)[0]
+
+
+@derived_object
+class _FinishedFuture(PyRunnerFuture):
+    """A RunnerFuture whose result is already known."""
+
+    def __init__(self, result: RunnerResult) -> None:
+        super().__init__()
+        self._result = result
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> RunnerResult:
+        return self._result
+
+
+class _IsolatedRunnerBase(PyRunner):
+    """What both runners share: worker, leases, protocol, time-outs, output hook."""
+
+    _function = ""
+    _label = ""
+
+    def _setup(
+        self,
+        device: DeviceProfile,
+        protocol: MeasureProtocol,
+        timeout_sec: float,
+        output_hook: OutputHook | None,
+        lease_dir: str | Path | None,
+        worker: IsolatedWorker,
+    ) -> None:
+        if timeout_sec <= 0:
+            raise ValueError(f"timeout_sec must be > 0, got {timeout_sec}")
+        self.device = device
+        self.protocol = protocol
+        self.timeout_sec = timeout_sec
+        self.output_hook = output_hook
+        self.leases: tuple[DeviceLease, ...] = measurement_leases(device, lease_dir)
+        self.host_lease = host_cpu_lease(lease_dir)
+        self.worker = worker
+
+    def _before_call(self) -> None:
+        """Called under the device's leases before each measurement."""
+
+    def _call_args(
+        self,
+        artifact_path: str,
+        device_type: str,
+        args_info: ArgsInfo,
+        inputs: Sequence[np.ndarray | None] | None,
+        return_outputs: bool,
+    ) -> tuple:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _leased(self) -> Iterator[None]:
+        # The worker's start-up (import tvm: seconds of CPU) happens outside the exclusive
+        # lease, as shared use of the host's cores, so it neither delays nor disturbs others.
+        with self.host_lease.shared():
+            self.worker.ready()
+        with holding_all(self.leases, exclusive=True):
+            yield
+
+    def measure(
+        self,
+        artifact_path: str,
+        args_info: ArgsInfo,
+        device_type: str = "cpu",
+        inputs: Sequence[np.ndarray | None] | None = None,
+        return_outputs: bool = False,
+    ) -> Measurement:
+        """Time one library under the device's lease; errors come back as the result."""
+        device_type = _device_type_name(device_type)
+        call_args = self._call_args(artifact_path, device_type, args_info, inputs, return_outputs)
+        span = [0.0, 0.0]
+        try:
+            with self._leased():
+                self._before_call()
+                span[0] = time.time()
+                started = time.perf_counter()
+                try:
+                    value = self.worker.call(self._function, *call_args, timeout=self.timeout_sec)
+                finally:
+                    wall = time.perf_counter() - started
+                    span[1] = time.time()
+        except WorkerTimeout:
+            error = f"{self._label}: timeout, killed after {self.timeout_sec} s"
+        except WorkerCrashed as err:
+            error = f"{self._label}: crashed: {err}"
+        except WorkerError as err:
+            error = f"{self._label}: an exception occurred\n{err}"
+        else:
+            outputs = value["outputs"]
+            return Measurement(
+                run_secs=tuple(value["run_secs"]),
+                outputs=tuple(outputs) if outputs is not None else None,
+                wall_secs=wall,
+                started_at=span[0],
+                ended_at=span[1],
+            )
+        return Measurement(None, error, started_at=span[0], ended_at=span[1])
+
+    def measure_input(self, runner_input: RunnerInput) -> Measurement:
+        """One MetaSchedule RunnerInput, with the output hook's check when there is one."""
+        args_info = [info.as_json() for info in runner_input.args_info]
+        hook = self.output_hook
+        inputs = hook.inputs_for(runner_input) if hook is not None else None
+        result = self.measure(
+            str(runner_input.artifact_path),
+            args_info,
+            device_type=str(runner_input.device_type),
+            inputs=inputs,
+            return_outputs=inputs is not None,
+        )
+        if hook is not None and result.ok and result.outputs is not None:
+            problem = hook.check(runner_input, result.outputs)
+            if problem is not None:
+                return dataclasses.replace(result, run_secs=None, error=f"wrong result: {problem}")
+        return result
+
+    def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
+        results = []
+        for runner_input in runner_inputs:
+            measurement = self.measure_input(runner_input)
+            if not measurement.ok:
+                log.debug("%s: %s", self._label, (measurement.error or "").splitlines()[0])
+            results.append(_FinishedFuture(measurement.to_runner_result()))
+        return results
+
+    def close(self) -> None:
+        """Stop the worker subprocess (a later measurement starts a new one)."""
+        self.worker.close()
+
+
+@derived_object
+class SubprocessRunner(_IsolatedRunnerBase):
+    """Times candidates on this machine's CPU, each in a subprocess with a time-out.
+
+    device: a local profile (default: the detected host); its `threads` is the worker's TVM
+    thread count. fresh_process: a new subprocess for every measurement (seconds each, for
+    `import tvm`) instead of one kept until a candidate crashes or hangs.
+    """
+
+    _function = f"{__name__}:measure_local"
+    _label = "SubprocessRunner"
+
+    def __init__(
+        self,
+        device: DeviceProfile | None = None,
+        *,
+        protocol: MeasureProtocol = TUNING_PROTOCOL,
+        timeout_sec: float = DEFAULT_RUN_TIMEOUT,
+        fresh_process: bool = False,
+        output_hook: OutputHook | None = None,
+        lease_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        from ago_search.build import tvm_thread_env
+        from ago_search.devices import detect_host
+
+        device = device if device is not None else detect_host()
+        if not device.is_local:
+            raise ValueError(f"device {device.name!r} is reached over RPC: use RPCRunner")
+        worker = IsolatedWorker(
+            preload=(__name__,),
+            env=tvm_thread_env(device.threads),
+            max_uses=1 if fresh_process else None,
+            name="measure-worker",
+        )
+        self._setup(device, protocol, timeout_sec, output_hook, lease_dir, worker)
+
+    def _call_args(self, artifact_path, device_type, args_info, inputs, return_outputs):
+        protocol = self.protocol.to_json()
+        return (artifact_path, device_type, args_info, protocol, inputs, return_outputs)
+
+
+@derived_object
+class RPCRunner(_IsolatedRunnerBase):
+    """Times candidates on a device behind a TVM RPC tracker (the profile's connection).
+
+    The RPC client runs in a subprocess with a time-out, so a server that hangs costs one
+    error result. reuse_session: keep the session between candidates (see the module
+    docstring); False asks the tracker for a new one every time. connect_timeout: seconds to
+    get a session; past it, the device is taken for gone and DeviceUnavailableError raised
+    (a missing device is no candidate's failure, so it is no record either).
+    """
+
+    _function = f"{__name__}:measure_rpc"
+    _label = "RPCRunner"
+
+    def __init__(
+        self,
+        device: DeviceProfile,
+        *,
+        protocol: MeasureProtocol = TUNING_PROTOCOL,
+        timeout_sec: float = DEFAULT_RUN_TIMEOUT,
+        reuse_session: bool = True,
+        connect_timeout: float = 60.0,
+        output_hook: OutputHook | None = None,
+        lease_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        from ago_search.devices import RPCConnection
+
+        if not isinstance(device.connection, RPCConnection):
+            raise ValueError(f"device {device.name!r} has no RPC connection: use SubprocessRunner")
+        if reuse_session and timeout_sec > 0.5 * device.connection.session_timeout:
+            log.warning(
+                "RPCRunner: timeout_sec %.0f s is over half the session time-out (%.0f s): a "
+                "kept session may end during a measurement",
+                timeout_sec,
+                device.connection.session_timeout,
+            )
+        self.reuse_session = reuse_session
+        self.connect_timeout = connect_timeout
+        self.connection: RPCConnection = device.connection
+        worker = IsolatedWorker(preload=(__name__,), name="rpc-client")
+        self._setup(device, protocol, timeout_sec, output_hook, lease_dir, worker)
+
+    def _connection_json(self) -> dict:
+        return {
+            "tracker_host": self.connection.tracker_host,
+            "tracker_port": self.connection.tracker_port,
+            "key": self.connection.key,
+            "session_timeout": self.connection.session_timeout,
+            "priority": self.connection.priority,
+        }
+
+    def _before_call(self) -> None:
+        try:
+            self.worker.call(
+                f"{__name__}:open_rpc_session",
+                self._connection_json(),
+                self.reuse_session,
+                timeout=self.connect_timeout,
+            )
+        except (WorkerError, WorkerTimeout, WorkerCrashed) as err:
+            connection = self.connection
+            where = f"{connection.tracker_host}:{connection.tracker_port}"
+            raise DeviceUnavailableError(
+                f"device {self.device.name!r}: no RPC session with key {connection.key!r} "
+                f"from the tracker at {where} within {self.connect_timeout:.0f} s "
+                f"({str(err).splitlines()[0]}); check that its server is registered: "
+                f"python -m tvm.exec.query_rpc_tracker --host {connection.tracker_host} "
+                f"--port {connection.tracker_port}"
+            ) from err
+
+    def _call_args(self, artifact_path, device_type, args_info, inputs, return_outputs):
+        protocol = self.protocol.to_json()
+        return (
+            self._connection_json(),
+            artifact_path,
+            device_type,
+            args_info,
+            protocol,
+            inputs,
+            return_outputs,
+            self.reuse_session,
+        )

@@ -1,0 +1,196 @@
+"""Tuning through a TVM RPC tracker and servers on 127.0.0.1, as a phone would be reached."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tvm
+import tvm.s_tir.meta_schedule as ms
+from tvm import te
+from tvm.script import tirx as T
+
+from ago_search.build import tvm_thread_env
+from ago_search.devices import DeviceProfile, RPCConnection, detect_host
+from ago_search.measure import MeasureProtocol
+from ago_search.measure.builders import LocalBuilder, compile_candidate, export_candidate
+from ago_search.measure.intrinsics import register_cpu_tensor_intrinsics
+from ago_search.measure.runners import DeviceUnavailableError, RPCRunner
+
+FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=5.0)
+N = 64
+MATMUL_ARGS = [["TENSOR", "float32", [N, N]]] * 3
+STOCK_KEY = "test"  # TVM's own rpc_server
+ROBUST_KEY = "robust"  # ago_search.measure.rpc_server, which survives crashed sessions
+
+
+def matmul(n: int = N) -> tvm.IRModule:
+    a = te.placeholder((n, n), name="A")
+    b = te.placeholder((n, n), name="B")
+    k = te.reduce_axis((0, n), name="k")
+    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    return tvm.IRModule({"main": te.create_prim_func([a, b, c]).with_attr("global_symbol", "main")})
+
+
+@T.prim_func
+def writes_far_out_of_bounds(a: T.handle):
+    T.func_attr({"global_symbol": "main"})
+    A = T.match_buffer(a, (16,), "float32")
+    for i in range(1000000):
+        A[i * 1024] = T.float32(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listed_keys(tracker_port: int) -> str:
+    query = [sys.executable, "-m", "tvm.exec.query_rpc_tracker"]
+    query += ["--host", "127.0.0.1", "--port", str(tracker_port)]
+    done = subprocess.run(query, capture_output=True, text=True, timeout=60)
+    return done.stdout if done.returncode == 0 else ""
+
+
+@contextlib.contextmanager
+def _processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[None]:
+    started = []
+    try:
+        for command in commands:
+            started.append(
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # a process group: TVM's server forks workers
+                )
+            )
+        yield
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tracker_port() -> Iterator[int]:
+    """A tracker with TVM's server under STOCK_KEY and ours under ROBUST_KEY, all local."""
+    port = _free_port()
+    py = sys.executable
+    tracker = [py, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1"]
+    tracker += ["--port", str(port), "--port-end", str(port + 1), "--silent"]
+    servers = []
+    kinds = [("tvm.exec.rpc_server", STOCK_KEY), ("ago_search.measure.rpc_server", ROBUST_KEY)]
+    for module, key in kinds:
+        server_port = _free_port()
+        servers.append(
+            [py, "-m", module, "--host", "127.0.0.1", "--port", str(server_port)]
+            + ["--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{port}"]
+            + ["--key", key, "--silent"]
+        )
+    env = {**os.environ, **tvm_thread_env(detect_host().threads)}
+    with _processes([tracker, *servers], env):
+        deadline = time.monotonic() + 120
+        listed = ""
+        while time.monotonic() < deadline:
+            listed = _listed_keys(port)
+            if f"server:{STOCK_KEY}" in listed and f"server:{ROBUST_KEY}" in listed:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"RPC servers not listed by the tracker in time:\n{listed}")
+        yield port
+
+
+def _device(tracker_port: int, key: str) -> DeviceProfile:
+    host = detect_host()
+    return DeviceProfile(
+        name=f"local-rpc-{key}",
+        key=f"local-rpc-{key}",
+        target=host.target,
+        threads=host.threads,
+        connection=RPCConnection(
+            "127.0.0.1", tracker_port, key, session_timeout=60, shares_host_cpu=True
+        ),
+    )
+
+
+def test_tune_through_rpc_tracker(tracker_port, tmp_path):
+    device = _device(tracker_port, STOCK_KEY)
+    target = device.tvm_target()
+    register_cpu_tensor_intrinsics(target)
+    builder = LocalBuilder.for_device(device, max_workers=2)
+    runner = RPCRunner(device, protocol=FAST, timeout_sec=20)
+    strategy = ms.search_strategy.EvolutionarySearch(
+        population_size=16, init_measured_ratio=0.0, genetic_num_iters=1
+    )
+    try:
+        database = ms.tune_tir(
+            matmul(128),
+            target,
+            str(tmp_path),
+            max_trials_global=8,
+            num_trials_per_iter=4,
+            builder=builder,
+            runner=runner,
+            strategy=strategy,
+            num_tuning_cores=1,
+            seed=0,
+        )
+    finally:
+        builder.close()
+        runner.close()
+    records = database.get_all_tuning_records()
+    assert len(records) == 8
+    times = [float(np.median([float(t) for t in r.run_secs])) for r in records if r.run_secs]
+    assert len(times) == 8
+    assert all(0 < t < 0.5 for t in times)  # real times, not MetaSchedule's 1e10 for failures
+
+
+def test_rpc_outputs_and_a_crash_costs_one_result(tracker_port, tmp_path):
+    device = _device(tracker_port, ROBUST_KEY)
+    target = device.tvm_target()
+    good = export_candidate(compile_candidate(matmul(), target), tmp_path)
+    crash = export_candidate(
+        compile_candidate(tvm.IRModule({"main": writes_far_out_of_bounds}), target), tmp_path
+    )
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((N, N)).astype("float32") for _ in range(2))
+    runner = RPCRunner(device, protocol=FAST, timeout_sec=20)
+    try:
+        first = runner.measure(good, MATMUL_ARGS, inputs=[a, b, None], return_outputs=True)
+        assert first.ok, first.error
+        np.testing.assert_allclose(first.outputs[2], a @ b, rtol=1e-4, atol=1e-4)
+        assert runner.measure(good, MATMUL_ARGS).ok  # in the kept session
+
+        crashed = runner.measure(crash, [["TENSOR", "float32", [16]]])
+        assert not crashed.ok and crashed.run_secs is None
+
+        after = runner.measure(good, MATMUL_ARGS)  # a new session; the server lives on
+        assert after.ok, after.error
+        assert all(0 < t < 0.1 for t in after.run_secs)
+    finally:
+        runner.close()
+
+
+def test_missing_device_raises_instead_of_recording(tracker_port, tmp_path):
+    device = _device(tracker_port, "nobody")
+    artifact = export_candidate(compile_candidate(matmul(), device.tvm_target()), tmp_path)
+    runner = RPCRunner(device, protocol=FAST, timeout_sec=10, connect_timeout=2.0)
+    try:
+        with pytest.raises(DeviceUnavailableError, match="nobody"):
+            runner.measure(artifact, MATMUL_ARGS)
+    finally:
+        runner.close()
