@@ -248,3 +248,288 @@ def format_bench(result) -> str:
     from ago_search.bench import format_bench_table
 
     return format_bench_table(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# tuning: tune-tasks and measure
+
+DEFAULT_DB = "ago-tuning.db"
+# Trials per task when none are asked for: enough for the first pass and a few rounds more.
+DEFAULT_TRIALS_PER_TASK = 16
+
+
+@dataclass(frozen=True)
+class TunedModelReport:
+    """A plan's tasks in the tuning database, the tuned build, and the model benchmark.
+
+    tuning: the tuning run (None for `measure`); tasks: every task's state in the database
+    (`schedule.TaskResult`); scheduled/untuned: the PrimFuncs of the tuned build that got a
+    record and those built without one; bench: ORT, TVM's default build, the plan untuned
+    ("plan-untuned") and tuned ("plan-tuned"), timed and verified against ORT (None where
+    the device is not this machine).
+    """
+
+    model: str
+    plan: str
+    device: str
+    device_key: str
+    database: str
+    tasks: tuple
+    scheduled: tuple[str, ...]
+    untuned: tuple[str, ...]
+    tuning: Any | None = None  # schedule.TuningReport
+    bench: Any | None = None  # bench.BenchResult
+    notes: tuple[str, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return self.bench is None or self.bench.verified
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "plan": self.plan,
+            "device": self.device,
+            "device_key": self.device_key,
+            "database": self.database,
+            "tasks": [t.to_json() for t in self.tasks],
+            "kernels": {"scheduled": list(self.scheduled), "untuned": list(self.untuned)},
+            "tuning": self.tuning.to_json() if self.tuning is not None else None,
+            "bench": self.bench.to_json() if self.bench is not None else None,
+            "notes": list(self.notes),
+            "seconds": dict(self.seconds),
+            "verified": self.verified,
+        }
+
+
+def _plan_for(prepared, plan: str | Path):
+    """A seed plan by name, or a plan.json; (Plan, its description)."""
+    from ago_search.pipeline import SEED_NAMES, seed_partition
+    from ago_search.plan import Plan
+
+    if str(plan) in SEED_NAMES:
+        seed = seed_partition(prepared, str(plan))
+        return Plan.from_assignment(prepared.graph, seed.partition.assignment()), str(plan)
+    path = Path(plan)
+    if not path.is_file():
+        from ago_search.errors import AgoSearchError
+
+        raise AgoSearchError(
+            f"--plan {plan}: neither a seed plan ({', '.join(SEED_NAMES)}) nor a plan file"
+        )
+    return Plan.load(path), str(path)
+
+
+def _planned_tasks(model, input_shapes, plan, profile):
+    """Import, prepare, plan and extract the tasks for the device's target."""
+    from ago_search.pipeline import prepare_model
+    from ago_search.plan import apply_plan
+    from ago_search.schedule import extract_tasks
+
+    target = profile.tvm_target()
+    imported = load(model, input_shapes)
+    prepared = prepare_model(imported, target)
+    the_plan, plan_name = _plan_for(prepared, plan)
+    fused = apply_plan(prepared.legalized, prepared.graph, the_plan, target)
+    tasks = extract_tasks(fused, target, the_plan, prepared.graph)
+    return imported, prepared, the_plan, plan_name, tasks
+
+
+def _tuned_build_and_bench(
+    imported, prepared, the_plan, profile, store, threads: list[int] | None, bench: bool
+) -> tuple[Any, Any | None, tuple[str, ...], dict[str, float]]:
+    from ago_search.bench import bench_model
+    from ago_search.plan import compile_plan, compile_plan_tuned
+
+    target = profile.tvm_target()
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    tuned = compile_plan_tuned(
+        prepared.legalized,
+        prepared.graph,
+        the_plan,
+        target,
+        store.metaschedule(profile.key, target),
+    )
+    seconds["compile_tuned"] = time.perf_counter() - start
+    result, notes = None, ()
+    if bench and not profile.is_local:
+        notes = (f"device {profile.name} is reached over RPC: the whole model is not timed",)
+    elif bench:
+        start = time.perf_counter()
+        untuned = compile_plan(prepared.legalized, prepared.graph, the_plan, target)
+        result = bench_model(
+            imported,
+            threads=threads or [profile.threads],
+            builds={"plan-untuned": untuned, "plan-tuned": tuned.executable},
+        )
+        seconds["bench"] = time.perf_counter() - start
+    return tuned, result, notes, seconds
+
+
+def tune_tasks(
+    model: str | Path,
+    input_shapes: list[str] | dict | None = None,
+    plan: str | Path = "tvm",
+    trials: int | None = None,
+    db: str | Path = DEFAULT_DB,
+    device: str = "host",
+    scheduler: str = "first-pass",
+    cost_model: str = "xgb",
+    trials_per_round: int | None = None,
+    verify: bool = True,
+    seed: int | None = None,
+    threads: list[int] | None = None,
+    bench: bool = True,
+) -> TunedModelReport:
+    """Tune the tasks of `model` under `plan` (a seed plan name or a plan.json) on `device`
+    into the database `db`, then build the model with the best records and benchmark it
+    against its untuned build, TVM's default build and ONNX Runtime.
+
+    trials: search trials the plan's tasks should have in the database in all (default
+    DEFAULT_TRIALS_PER_TASK per task); run again after a kill, it measures only the rest.
+    """
+    from ago_search.database import TuningDatabase
+    from ago_search.devices import load_device
+    from ago_search.schedule.tune import TuningConfig
+    from ago_search.schedule.tune import tune_tasks as run_tuning
+
+    profile = load_device(device)
+    start = time.perf_counter()
+    imported, prepared, the_plan, plan_name, tasks = _planned_tasks(
+        model, input_shapes, plan, profile
+    )
+    seconds = {"prepare": time.perf_counter() - start}
+    if trials is None:
+        trials = DEFAULT_TRIALS_PER_TASK * len(tasks)
+    config = TuningConfig(
+        trials=trials,
+        scheduler=scheduler,
+        trials_per_round=trials_per_round,
+        cost_model=cost_model,
+        verify=verify,
+        seed=seed,
+    )
+    store = TuningDatabase(db)
+    try:
+        start = time.perf_counter()
+        tuning = run_tuning(tasks, profile, store, config)
+        seconds["tune"] = time.perf_counter() - start
+        tuned, result, notes, more = _tuned_build_and_bench(
+            imported, prepared, the_plan, profile, store, threads, bench
+        )
+    finally:
+        store.close()
+    return TunedModelReport(
+        model=imported.path,
+        plan=plan_name,
+        device=profile.name,
+        device_key=profile.key,
+        database=str(db),
+        tasks=tuning.tasks,
+        scheduled=tuned.scheduled,
+        untuned=tuned.untuned,
+        tuning=tuning,
+        bench=result,
+        notes=notes,
+        seconds={**seconds, **more},
+    )
+
+
+def measure(
+    model: str | Path,
+    input_shapes: list[str] | dict | None = None,
+    plan: str | Path = "tvm",
+    db: str | Path = DEFAULT_DB,
+    device: str = "host",
+    threads: list[int] | None = None,
+) -> TunedModelReport:
+    """Build `model` under `plan` with the best records of `db` for `device` and benchmark
+    it (untuned plan, TVM's default build, ONNX Runtime), verified against ORT."""
+    from ago_search.database import TuningDatabase
+    from ago_search.devices import load_device
+    from ago_search.schedule.tune import task_results
+
+    profile = load_device(device)
+    store = TuningDatabase(db, read_only=True)
+    try:
+        start = time.perf_counter()
+        imported, prepared, the_plan, plan_name, tasks = _planned_tasks(
+            model, input_shapes, plan, profile
+        )
+        seconds = {"prepare": time.perf_counter() - start}
+        results = task_results(store, tasks, profile.key)
+        tuned, result, notes, more = _tuned_build_and_bench(
+            imported, prepared, the_plan, profile, store, threads, True
+        )
+    finally:
+        store.close()
+    return TunedModelReport(
+        model=imported.path,
+        plan=plan_name,
+        device=profile.name,
+        device_key=profile.key,
+        database=str(db),
+        tasks=results,
+        scheduled=tuned.scheduled,
+        untuned=tuned.untuned,
+        bench=result,
+        notes=notes,
+        seconds={**seconds, **more},
+    )
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1e3:.4g}" if seconds is not None else "-"
+
+
+def format_tuned(report: TunedModelReport) -> str:
+    """The per-task table, the kernels applied, and the model benchmark."""
+    lines = [
+        f"model:    {report.model}",
+        f"plan:     {report.plan}, {len(report.tasks)} tasks",
+        f"device:   {report.device} ({report.device_key}), database {report.database}",
+    ]
+    tuning = report.tuning
+    if tuning is not None:
+        lines.append(
+            f"tuning:   {tuning.trials_run} trials this run ({tuning.trials_before} before, "
+            f"budget {tuning.budget}), scheduler {tuning.scheduler}, rounds of "
+            f"{tuning.trials_per_round}, cost model {tuning.cost_model or '-'}, "
+            f"{tuning.wall_s:.0f} s"
+        )
+    lines.append("")
+    width = max([len("task"), *(len(t.name) for t in report.tasks)])
+    header = (
+        f"{'task':<{width}} {'weight':>6} {'trials':>6} {'new':>5} {'best ms':>9} "
+        f"{'untuned ms':>10} {'speedup':>8}  failures"
+    )
+    lines += [header, "-" * len(header)]
+    for t in report.tasks:
+        speedup = (
+            f"{t.untuned_seconds / t.best_seconds:.1f}x"
+            if t.best_seconds and t.untuned_seconds
+            else "-"
+        )
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(t.statuses.items()) if k != "ok")
+        lines.append(
+            f"{t.name:<{width}} {t.weight:>6} {t.trials:>6} {t.new_trials:>5} "
+            f"{_ms(t.best_seconds):>9} {_ms(t.untuned_seconds):>10} {speedup:>8}  {failures}"
+        )
+    tuned_sum = sum(t.weight * t.best_seconds for t in report.tasks if t.best_seconds)
+    untuned_sum = sum(t.weight * t.untuned_seconds for t in report.tasks if t.untuned_seconds)
+    lines.append(
+        f"kernels, sum of weight x latency: best {tuned_sum * 1e3:.4g} ms, untuned "
+        f"{untuned_sum * 1e3:.4g} ms"
+    )
+    kernels = len(report.scheduled) + len(report.untuned)
+    lines.append(f"tuned build: {len(report.scheduled)} of {kernels} kernels got a record")
+    if report.untuned:
+        shown = ", ".join(report.untuned[:6]) + (", ..." if len(report.untuned) > 6 else "")
+        lines.append(f"  built untuned: {shown}")
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    if report.bench is not None:
+        lines += ["", format_bench(report.bench)]
+    return "\n".join(lines)

@@ -43,9 +43,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -203,7 +204,7 @@ def compare_outputs(
 class RuntimeRun:
     """One runtime at one thread count: timing, setup cost, threads seen, output checks."""
 
-    runtime: str  # ORT or TVM_DEFAULT
+    runtime: str  # ORT, TVM_DEFAULT, or the label of another TVM build
     threads: int  # threads requested
     timing: Timing | None  # None when the run failed (see error)
     setup_s: float  # ORT: session creation (its graph optimisation included); TVM: load + VM
@@ -365,7 +366,7 @@ def _worker_env(runtime: str, threads: int) -> dict[str, str]:
     )
     # numpy's BLAS is unused in the timed path; one thread keeps its pool from spinning.
     env["OPENBLAS_NUM_THREADS"] = "1"
-    if runtime == TVM_DEFAULT:
+    if runtime != ORT:  # TVM's default build, or another TVM build (`bench_model(builds=)`)
         env.update(tvm_thread_env(threads))
     else:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -443,12 +444,15 @@ def bench_model(
     seed: int = 0,
     tolerance: float = DEFAULT_TOLERANCE,
     timeout_s: float = 600.0,
+    builds: Mapping[str, Any] | None = None,
 ) -> BenchResult:
     """ORT vs TVM's default build of `imported`, per thread count, timed and verified.
 
     threads defaults to [1, all cores]. Runs never overlap: per thread count ORT, then TVM,
     each in its own process (see the module docstring). A runtime that crashes, fails or
-    times out is a run with `error` set, not an exception.
+    times out is a run with `error` set, not an exception. builds: further TVM executables
+    of the same model (label -> relax VMExecutable, e.g. a tuned plan), each timed and
+    verified like TVM's default build, as runtime `label`.
     """
     from ago_search import build, devices
 
@@ -458,6 +462,10 @@ def bench_model(
     if any(t < 1 for t in thread_counts):
         raise ValueError(f"thread counts must be >= 1, got {thread_counts}")
     target = devices.host_target(max(cores, *thread_counts))
+    builds = dict(builds or {})
+    for label in builds:
+        if label in (ORT, TVM_DEFAULT) or not label.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"build label {label!r}: use letters, digits, '-' and '_'")
     feeds = random_inputs(imported.inputs, seed)
     names = list(imported.output_names)
 
@@ -472,6 +480,10 @@ def bench_model(
         start = time.perf_counter()
         library = build.export_executable(executable, workdir / "model.so")
         export_s = time.perf_counter() - start
+        libraries = {
+            label: build.export_executable(exe, workdir / f"model-{label}.so")
+            for label, exe in builds.items()
+        }
         onnx_path = workdir / "model.onnx"
         # Past protobuf's 2 GiB limit the weights must go to a side file.
         large = imported.onnx_model.ByteSize() > (1 << 31) - (64 << 20)
@@ -503,6 +515,17 @@ def bench_model(
                 record = {**record, "error": "not verified: ONNX Runtime failed at this count"}
             runs.append(_runtime_run(TVM_DEFAULT, count, record, checks))
             log.info("%s", _describe(runs[-1]))
+            for label, path in libraries.items():
+                record, outputs = _run_worker(
+                    {**job, "runtime": label, "model": str(path)}, workdir, timeout_s
+                )
+                checks = ()
+                if count in references:
+                    checks = compare_outputs(outputs, references[count], names, tolerance)
+                elif record["error"] is None:
+                    record = {**record, "error": "not verified: ONNX Runtime failed at this count"}
+                runs.append(_runtime_run(label, count, record, checks))
+                log.info("%s", _describe(runs[-1]))
 
     source_checks: tuple[OutputCheck, ...] = ()
     source_note = "not checked: ONNX Runtime failed"

@@ -75,7 +75,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     bench.add_argument("--json", type=Path, help="write the full result as JSON here")
+
+    tune = sub.add_parser(
+        "tune-tasks",
+        help="tune a plan's kernels into the tuning database, then time the tuned model",
+    )
+    _model_args(tune)
+    _tuning_db_args(tune)
+    tune.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="search trials the plan's tasks should have in the database in all, earlier "
+        "runs included (default: 16 per task); a killed run started again measures the rest",
+    )
+    tune.add_argument(
+        "--scheduler",
+        choices=["first-pass", "gradient", "round-robin"],
+        default="first-pass",
+        help="task scheduler: ours (every task one cheap round first, then by expected gain) "
+        "or MetaSchedule's own",
+    )
+    tune.add_argument(
+        "--cost-model", choices=["xgb", "random"], default="xgb", help="the search's cost model"
+    )
+    tune.add_argument(
+        "--trials-per-round",
+        type=int,
+        default=None,
+        help="candidates measured per round (default: sized from the budget; 64 for "
+        "MetaSchedule's schedulers)",
+    )
+    tune.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check candidates' outputs against the untuned kernel",
+    )
+    tune.add_argument("--seed", type=int, default=None, help="the search's random seed")
+    tune.add_argument(
+        "--no-bench", action="store_true", help="do not time the whole model afterwards"
+    )
+
+    measure = sub.add_parser(
+        "measure",
+        help="time a plan built with the database's best records, verified against ORT",
+    )
+    _model_args(measure)
+    _tuning_db_args(measure)
     return parser
+
+
+def _tuning_db_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plan",
+        default="tvm",
+        metavar="PLAN",
+        help="a seed plan (tvm, dnnfusion, intensive) or a plan.json (default: tvm)",
+    )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=Path("ago-tuning.db"),
+        help="the tuning database (default: ./ago-tuning.db)",
+    )
+    parser.add_argument("--device", default="host", help="'host', a device name or a .toml profile")
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help="comma-separated thread counts for the model timing (default: the device's)",
+    )
+    parser.add_argument("--json", type=Path, help="write the full report as JSON here")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +179,45 @@ def main(argv: list[str] | None = None) -> int:
             if not result.verified:
                 print(
                     "\nTVM's outputs differ from ONNX Runtime's beyond tolerance (see the "
+                    "error columns).",
+                    file=sys.stderr,
+                )
+                return 3
+        elif args.command in ("tune-tasks", "measure"):
+            if args.command == "tune-tasks":
+                # progress of a long run: one line per round from the tuning layer
+                logging.getLogger("ago_search.schedule").setLevel(min(level, logging.INFO))
+                report = api.tune_tasks(
+                    args.model,
+                    args.input_shape,
+                    plan=args.plan,
+                    trials=args.trials,
+                    db=args.db,
+                    device=args.device,
+                    scheduler=args.scheduler,
+                    cost_model=args.cost_model,
+                    trials_per_round=args.trials_per_round,
+                    verify=not args.no_verify,
+                    seed=args.seed,
+                    threads=args.threads,
+                    bench=not args.no_bench,
+                )
+            else:
+                report = api.measure(
+                    args.model,
+                    args.input_shape,
+                    plan=args.plan,
+                    db=args.db,
+                    device=args.device,
+                    threads=args.threads,
+                )
+            print(api.format_tuned(report))
+            if args.json:
+                api.write_json(report.to_json(), args.json)
+                print(f"\nwritten: {args.json}")
+            if not report.verified:
+                print(
+                    "\nthe model's outputs differ from ONNX Runtime's beyond tolerance (see the "
                     "error columns).",
                     file=sys.stderr,
                 )

@@ -60,8 +60,11 @@ __all__ = [
     "GroupPlan",
     "Plan",
     "PlanError",
+    "TunedBuild",
     "apply_plan",
+    "apply_schedules",
     "compile_plan",
+    "compile_plan_tuned",
     "graph_fingerprint",
     "group_bindings",
     "group_function_names",
@@ -682,23 +685,92 @@ def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
 
 
-def compile_plan(
-    legalized_mod: tvm.IRModule,
-    graph: OpGraph,
-    plan: Plan,
-    target: tvm.target.Target,
-) -> relax.VMExecutable:
-    """Build the model as the plan groups it: apply_plan, then TVM's default lowering.
-
-    Kernels are untuned: schedule references in the plan are applied by the tuning layer.
-    """
-    if any(g.schedule is not None for g in plan.groups):
-        logger.warning("compile_plan builds untuned kernels; the plan's schedules are ignored")
-    fused = apply_plan(legalized_mod, graph, plan, target)
-
+def _lower(target: tvm.target.Target) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="ago_lower")
     def lower(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             return tvm.transform.Sequential(lowering_passes(target))(mod)
 
-    return tvm.compile(fused, target, relax_pipeline=lower)
+    return lower
+
+
+def compile_plan(
+    legalized_mod: tvm.IRModule,
+    graph: OpGraph,
+    plan: Plan,
+    target: tvm.target.Target,
+    database: Any | None = None,
+) -> relax.VMExecutable:
+    """Build the model as the plan groups it: apply_plan, then TVM's default lowering.
+
+    Without `database` the kernels are untuned; with one (a MetaSchedule `Database`, e.g.
+    `TuningDatabase.metaschedule(device_key)`) each group's best record is applied first
+    (`compile_plan_tuned`, which also says which kernels got one).
+    """
+    if database is not None:
+        return compile_plan_tuned(legalized_mod, graph, plan, target, database).executable
+    if any(g.schedule is not None for g in plan.groups):
+        logger.warning("compile_plan builds untuned kernels; the plan's schedules are ignored")
+    fused = apply_plan(legalized_mod, graph, plan, target)
+    return tvm.compile(fused, target, relax_pipeline=_lower(target))
+
+
+_SCHEDULED_ATTR = "tirx.is_scheduled"  # what MetaScheduleApplyDatabase marks its PrimFuncs with
+
+
+@dataclass(frozen=True)
+class TunedBuild:
+    """A compiled plan with tuning records applied, and which kernels got one.
+
+    scheduled: PrimFuncs a record was applied to; untuned: those compiled without one.
+    """
+
+    executable: relax.VMExecutable
+    scheduled: tuple[str, ...]
+    untuned: tuple[str, ...]
+
+    @property
+    def kernels(self) -> int:
+        return len(self.scheduled) + len(self.untuned)
+
+
+def apply_schedules(
+    fused_mod: tvm.IRModule, target: tvm.target.Target, database: Any
+) -> tuple[tvm.IRModule, tuple[str, ...], tuple[str, ...]]:
+    """The fused module (after FuseTIR) with the database's best record of each PrimFunc
+    applied (`MetaScheduleApplyDatabase` under `with target, database`), and the names of
+    the PrimFuncs that got one and of those that did not.
+
+    `database` is a MetaSchedule `Database`; ours (`TuningDatabase.metaschedule`) serves
+    only records with status ok, so failures and wrong results are never applied.
+    """
+    with target, database:
+        scheduled_mod = relax.transform.MetaScheduleApplyDatabase()(fused_mod)
+    scheduled, untuned = [], []
+    for gv, func in scheduled_mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        has_record = func.attrs is not None and bool(func.attrs.get(_SCHEDULED_ATTR, False))
+        (scheduled if has_record else untuned).append(gv.name_hint)
+    return scheduled_mod, tuple(sorted(scheduled)), tuple(sorted(untuned))
+
+
+def compile_plan_tuned(
+    legalized_mod: tvm.IRModule,
+    graph: OpGraph,
+    plan: Plan,
+    target: tvm.target.Target,
+    database: Any,
+) -> TunedBuild:
+    """apply_plan, the database's schedules (`apply_schedules`), then TVM's lowering.
+
+    Check `TunedBuild.untuned`: a kernel without a record is built untuned (TVM_NOTES.md:
+    records silently not found are the usual way a tuned build comes out slow).
+    """
+    fused = apply_plan(legalized_mod, graph, plan, target)
+    scheduled_mod, scheduled, untuned = apply_schedules(fused, target, database)
+    if untuned:
+        count = len(scheduled) + len(untuned)
+        logger.info("%d of %d kernels have no tuning record", len(untuned), count)
+    executable = tvm.compile(scheduled_mod, target, relax_pipeline=_lower(target))
+    return TunedBuild(executable, scheduled, untuned)

@@ -204,7 +204,7 @@ def test_host_target():
 # and reports [TVM's thread count, OS threads that did >= 25 % of the work], or the error.
 _THREAD_PROBE = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, sys, time
     import numpy as np
     import tvm
     from tvm import te
@@ -228,6 +228,10 @@ _THREAD_PROBE = textwrap.dedent(
         return out
 
     def busy():
+        # One call on the new pool, then let threads of the old pool stop spinning (they
+        # spin ~0.1 s after work, longer on a loaded machine) before counting.
+        f(a, b, c)
+        time.sleep(1.0)
         before = ticks()
         for _ in range(12):
             f(a, b, c)

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 _NO_RUN_TIME = "MetaSchedule recorded no run time (the build or the run failed)"
 
+# How `ago_search.measure.runners` starts the error of a candidate its output hook rejected.
+_WRONG_RESULT = "wrong result:"
+
 # Error messages (build logs with the whole module printed) are cut to this many characters.
 _MAX_ERROR_CHARS = 8000
 
@@ -77,6 +80,14 @@ def _without_host(target: str) -> str | None:
         return None
     del spec["host"]
     return canonical_json(spec)
+
+
+def _run_status(error_msg: str) -> Status:
+    """The status of a candidate the runner failed: an output hook's complaint (the runners
+    report it as "wrong result: ...") is a wrong result, a time-out a timeout."""
+    if error_msg.startswith(_WRONG_RESULT):
+        return Status.WRONG_RESULT
+    return Status.TIMEOUT if "timeout" in error_msg.lower() else Status.RUN_ERROR
 
 
 def _failed(run_secs: list[float] | None) -> bool:
@@ -268,7 +279,7 @@ class SqliteDatabase(PyDatabase):
 @derived_object
 class CommitMeasurements(PyMeasureCallback):
     """Commits every measured candidate of MetaSchedule's search as a `Record` with its status
-    (ok, build_error, run_error, timeout) and error message, on `device_key`."""
+    (ok, build_error, run_error, timeout, wrong_result) and error message, on `device_key`."""
 
     def __init__(self, store: TuningDatabase, device_key: str) -> None:
         super().__init__()
@@ -295,8 +306,7 @@ class CommitMeasurements(PyMeasureCallback):
                 status = Status.TIMEOUT if "timeout" in built.error_msg.lower() else None
                 outcome = {"status": status or Status.BUILD_ERROR, "error": _short(built.error_msg)}
             elif ran.error_msg:
-                status = Status.TIMEOUT if "timeout" in ran.error_msg.lower() else None
-                outcome = {"status": status or Status.RUN_ERROR, "error": _short(ran.error_msg)}
+                outcome = {"status": _run_status(ran.error_msg), "error": _short(ran.error_msg)}
             else:
                 secs = _seconds(ran.run_secs) or []
                 outcome = {"latencies": tuple(secs)}

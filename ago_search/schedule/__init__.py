@@ -3,7 +3,20 @@
 - `extract_tasks(fused_mod, target, plan, graph)`: one `Task` per distinct PrimFunc called from
   the fused module, keyed by MetaSchedule's workload hash and the target; repeated blocks of a
   model share one task (its `weight` counts the calls).
+- `tune_tasks(tasks, device, database, TuningConfig(...))`: MetaSchedule's evolutionary search
+  with our builders, runners and database, resumable without re-measuring (`tune`).
+- `FirstPassScheduler`: every task one cheap round first, then rounds by expected gain
+  (`scheduler`).
+- `ReferenceCheck`: every measured candidate compared with the untuned task's outputs
+  (`verify`).
+
+The tuning names are imported on first use (they load MetaSchedule's search and ONNX).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from ago_search.schedule.tasks import (
     Task,
@@ -14,6 +27,23 @@ from ago_search.schedule.tasks import (
     workload_module,
 )
 
+_LAZY = {
+    "SkipMeasured": "tune",
+    "TaskResult": "tune",
+    "TuningConfig": "tune",
+    "TuningReport": "tune",
+    "task_results": "tune",
+    "tune_task": "tune",
+    "tune_tasks": "tune",
+    "FirstPassScheduler": "scheduler",
+    "TaskPrior": "scheduler",
+    "expected_gain": "scheduler",
+    "first_pass_round": "scheduler",
+    "ReferenceCheck": "verify",
+    "compute_reference": "verify",
+    "fixed_inputs": "verify",
+}
+
 __all__ = [
     "Task",
     "count_complex_blocks",
@@ -21,4 +51,14 @@ __all__ = [
     "target_string",
     "task_key",
     "workload_module",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
