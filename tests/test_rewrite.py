@@ -20,6 +20,7 @@ import pytest
 import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from make_zoo import ZOO_MODELS
 from model_builders import make_model, weight
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
@@ -743,18 +744,6 @@ def test_zoo_rules_that_fire(zoo):
         "eliminate_identity",
     ):
         assert fired[rule] > 0, rule
-
-
-ZOO_MODELS = [
-    "mlp",
-    "resnet18",
-    "mobilenetv2",
-    "squeezenet",
-    "shufflenet",
-    "dbnet",
-    "bert_tiny",
-    "vit_tiny",
-]
 
 
 @pytest.mark.parametrize("name", ZOO_MODELS)

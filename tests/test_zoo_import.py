@@ -6,23 +6,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
+from make_zoo import ZOO_MODELS
 from tvm import relax
 
 from ago_search.frontend import import_onnx, random_inputs
 
-ZOO_NAMES = [
-    "mlp",
-    "resnet18",
-    "mobilenetv2",
-    "squeezenet",
-    "shufflenet",
-    "dbnet",
-    "bert_tiny",
-    "vit_tiny",
-]
 
-
-@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_zoo_model_imports_and_matches_ort(zoo, name):
     entry = zoo[name]
     imported = import_onnx(entry["path"], {k: tuple(v) for k, v in entry["inputs"].items()})
