@@ -533,3 +533,36 @@ def format_tuned(report: TunedModelReport) -> str:
     if report.bench is not None:
         lines += ["", format_bench(report.bench)]
     return "\n".join(lines)
+
+
+def train_cost_model(
+    traces,
+    out: str | Path,
+    held_out_models: list[str] | None = None,
+    device_key: str | None = None,
+    steps: int | None = None,
+    compare_xgb: bool = True,
+) -> dict:
+    """Train the GNN cost model on trace files; metrics on held-out models (and XGB's)."""
+    from cost_model.cli import train_cost_model as train
+    from cost_model.configs.default import Config
+
+    config = Config()
+    if steps:
+        config = config.replace(num_steps=steps)
+    return train(traces, out, held_out_models, config, device_key, compare_xgb=compare_xgb)
+
+
+def format_cost_model_metrics(metrics: dict) -> str:
+    keys = ("pairwise_accuracy", "kendall_tau", "top1_peak", "top5_peak", "mape")
+    lines = [f"held-out models: {', '.join(metrics.get('held_out_models', []))}"]
+    lines.append(f"{'model':<6}" + "".join(f"{k:>19}" for k in keys))
+    for name in ("gnn", "xgb"):
+        row = metrics.get(name)
+        if isinstance(row, dict):
+            cells = "".join(
+                f"{row[k]:>19.3f}" if isinstance(row.get(k), int | float) else f"{'-':>19}"
+                for k in keys
+            )
+            lines.append(f"{name:<6}{cells}")
+    return "\n".join(lines)

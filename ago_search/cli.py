@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         "or MetaSchedule's own",
     )
     tune.add_argument(
-        "--cost-model", choices=["xgb", "random"], default="xgb", help="the search's cost model"
+        "--cost-model",
+        choices=["xgb", "gnn", "random"],
+        default="xgb",
+        help="the search's cost model (gnn: the shipped pretrained GNN)",
     )
     tune.add_argument(
         "--trials-per-round",
@@ -122,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_args(measure)
     _tuning_db_args(measure)
+
+    train = sub.add_parser(
+        "train-cost-model",
+        help="train the GNN cost model on device traces; held-out-model metrics vs XGB",
+    )
+    train.add_argument("traces", nargs="+", type=Path, help="trace files or folders (*.jsonl.gz)")
+    train.add_argument("--out", type=Path, required=True, help="folder for the model + metrics")
+    train.add_argument(
+        "--held-out-models", default=None, help="comma-separated model names kept for testing"
+    )
+    train.add_argument("--device", default=None, help="only records of this device key")
+    train.add_argument("--steps", type=int, default=None, help="training steps")
+    train.add_argument("--no-xgb", action="store_true", help="skip the XGB baseline")
     return parser
 
 
@@ -183,6 +199,17 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 3
+        elif args.command == "train-cost-model":
+            metrics = api.train_cost_model(
+                args.traces,
+                args.out,
+                held_out_models=args.held_out_models.split(",") if args.held_out_models else None,
+                device_key=args.device,
+                steps=args.steps,
+                compare_xgb=not args.no_xgb,
+            )
+            print(api.format_cost_model_metrics(metrics))
+            print(f"\nwritten: {args.out}")
         elif args.command in ("tune-tasks", "measure"):
             if args.command == "tune-tasks":
                 # progress of a long run: one line per round from the tuning layer

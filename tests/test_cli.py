@@ -77,3 +77,16 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("ago-search: error: "), result.stderr
+
+
+def test_train_cost_model_writes_model_and_metrics(tmp_path):
+    from pathlib import Path
+
+    traces = Path(__file__).parent / "data" / "smoke_traces.jsonl.gz"
+    out = tmp_path / "cm"
+    result = _cli("train-cost-model", str(traces), "--out", str(out), "--steps", "20", "--no-xgb")
+    assert result.returncode == 0, result.stderr
+    assert "pairwise_accuracy" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["gnn"]["pairwise_accuracy"] <= 1.0
+    assert (out / "params.npz").stat().st_size > 0

@@ -326,18 +326,24 @@ class SkipMeasured(PySearchStrategy):
 
 
 def make_cost_model(cost_model: Any, seed: int | None = None) -> tuple[Any, str]:
-    """A MetaSchedule cost model and its name: "xgb", "random", or a CostModel as it is."""
+    """A MetaSchedule cost model and its name: "xgb", "random", "gnn" (the shipped pretrained
+    GNN of cost_model/), or a CostModel as it is."""
     if isinstance(cost_model, ms.cost_model.CostModel):
         return cost_model, type(cost_model).__name__
     from ago_search.devices import host_num_cores
 
+    if cost_model == "gnn":
+        # The learned model is a plug-in above this layer: imported only when asked for.
+        from cost_model.ms_adapter import make_cost_model as make_learned
+
+        return make_learned("gnn"), "gnn"
     if cost_model == "xgb":
         return ms.cost_model.XGBModel(num_tuning_cores=host_num_cores()), "xgb"
     if cost_model == "random":
         return ms.cost_model.RandomModel(seed=seed), "random"
     raise AgoSearchError(
-        f"unknown cost model {cost_model!r}: choose xgb or random (a learned model plugs in as "
-        "a MetaSchedule CostModel)"
+        f"unknown cost model {cost_model!r}: choose gnn, xgb or random (or pass a MetaSchedule "
+        "CostModel)"
     )
 
 

@@ -1,0 +1,1 @@
+"""Plain configuration objects of the cost model."""

@@ -1,0 +1,46 @@
+"""The default cost-model configuration: a small message-passing GNN, trained with a ranking
+loss within tasks plus a regression loss on log latency."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["Config", "get_config"]
+
+
+@dataclass(frozen=True)
+class Config:
+    # model
+    hidden: int = 64
+    num_layers: int = 3
+    readout_layers: int = 2
+    # optimisation
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    num_steps: int = 400
+    tasks_per_batch: int = 4
+    candidates_per_task: int = 16
+    # loss = pairwise ranking within a task + regression_weight * MSE(normalised log latency)
+    regression_weight: float = 0.1
+    # evaluation and data
+    eval_every: int = 100
+    seed: int = 0
+    # online update (MetaSchedule plug-in): steps of fine-tuning per `update` call
+    online_steps: int = 10
+    online_learning_rate: float = 5e-4
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Config:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def replace(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+
+def get_config() -> Config:
+    return Config()

@@ -1,0 +1,299 @@
+"""Records to graphs to padded batches.
+
+`load_dataset` reads datasets/ trace files (a file or a folder of `*.jsonl.gz`), keeps the ok
+records, replays each trace on its task's workload and featurises it (`features.Featurizer`),
+and groups candidates by task: `TaskSamples`. Each task carries the names of the models it
+belongs to, which the held-out-model split needs. Where they come from, first found wins:
+
+1. a mapping passed in (`model_labels`: task_key -> model names), e.g. read from a
+   `models.json` beside the trace files ({"task_key": ["model", ...]});
+2. the records' `extra["models"]` (a list) or `extra["model"]` (a string);
+3. the task name "<model>/<group>" (what `smoke_data` writes);
+4. otherwise "unknown".
+
+`training_batches` draws batches of a few tasks with several candidates each (the ranking
+loss compares candidates of the same task), padded to fixed sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cost_model.features import (
+    CandidateGraph,
+    FeatureStats,
+    GraphBatch,
+    bucket_size,
+    pad_batch,
+)
+
+__all__ = [
+    "Batch",
+    "Dataset",
+    "TaskSamples",
+    "load_dataset",
+    "model_of_task_name",
+    "split_by_models",
+    "split_by_tasks",
+    "training_batches",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSamples:
+    """The measured candidates of one task.
+
+    latencies: median seconds of each candidate; traces: their trace JSON text (the XGB
+    baseline replays them); weight: how much the task counts in the metrics (its calls per
+    inference, 1 when unknown).
+    """
+
+    task_key: str
+    name: str | None
+    models: tuple[str, ...]
+    weight: float
+    graphs: tuple[CandidateGraph, ...]
+    latencies: np.ndarray
+    traces: tuple[str, ...] = field(repr=False)
+    workload: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def log_latencies(self) -> np.ndarray:
+        return np.log(self.latencies)
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    tasks: tuple[TaskSamples, ...]
+    target: str | None = None
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({m for t in self.tasks for m in t.models})
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.tasks)
+
+    def all_graphs(self) -> list[CandidateGraph]:
+        return [g for t in self.tasks for g in t.graphs]
+
+
+class Batch:
+    """One training batch: padded graphs, normalised targets and task ids per graph."""
+
+    __slots__ = ("graphs", "task", "y")
+
+    def __init__(self, graphs: GraphBatch, y: np.ndarray, task: np.ndarray) -> None:
+        self.graphs, self.y, self.task = graphs, y, task
+
+
+def model_of_task_name(name: str | None) -> tuple[str, ...]:
+    if name and "/" in name:
+        return (name.split("/", 1)[0],)
+    return ()
+
+
+def _trace_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted([*path.glob("*.jsonl.gz"), *path.glob("*.jsonl")])
+        if not files:
+            raise FileNotFoundError(f"no *.jsonl.gz trace files in {path}")
+        return files
+    return [path]
+
+
+def load_dataset(
+    source: str | Path | Sequence[str | Path],
+    device_key: str | None = None,
+    model_labels: Mapping[str, Sequence[str]] | None = None,
+    task_weights: Mapping[str, float] | None = None,
+    max_per_task: int | None = None,
+    featurizer: Any = None,
+) -> Dataset:
+    """Trace files (or folders of them) as a `Dataset` of featurised ok records."""
+    import tvm
+
+    from ago_search.database import read_jsonl
+    from cost_model.features import Featurizer
+
+    paths = [source] if isinstance(source, str | Path) else list(source)
+    files = [f for p in paths for f in _trace_files(Path(p))]
+    labels = dict(model_labels or {})
+    for p in paths:
+        side = Path(p) / "models.json" if Path(p).is_dir() else None
+        if side is not None and side.exists():
+            labels = {**json.loads(side.read_text()), **labels}
+    task_lines: dict[str, dict[str, Any]] = {}
+    records: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    for file in files:
+        for line in read_jsonl(file):
+            if line["kind"] == "task":
+                task_lines.setdefault(line["task_key"], line)
+            elif line["kind"] == "record":
+                if device_key is not None and line["device_key"] != device_key:
+                    continue
+                if line["status"] != "ok" or not line.get("median"):
+                    continue
+                ident = (line["task_key"], line["trace_hash"])
+                if ident in seen:
+                    continue
+                seen.add(ident)
+                records[line["task_key"]].append(line)
+    tasks = []
+    target = None
+    for key in sorted(records):
+        task = task_lines.get(key)
+        if task is None or not task.get("workload"):
+            log.warning("task %s has no workload in the trace files: skipped", key)
+            continue
+        target = target or json.dumps(task["target"], sort_keys=True)
+        if featurizer is None:
+            featurizer = Featurizer(task["target"])
+        lines = records[key][:max_per_task] if max_per_task else records[key]
+        workload = tvm.ir.load_json(task["workload"]["mod"])
+        traces = [json.dumps(r["trace"]) for r in lines]
+        graphs = featurizer.from_traces(workload, traces)
+        keep = [i for i, g in enumerate(graphs) if g is not None]
+        if len(keep) < 2:
+            continue
+        extra = lines[0].get("extra") or {}
+        models = tuple(labels.get(key, ()))
+        models = models or tuple(extra.get("models") or ())
+        models = models or ((extra["model"],) if extra.get("model") else ())
+        models = models or model_of_task_name(task.get("name")) or ("unknown",)
+        tasks.append(
+            TaskSamples(
+                task_key=key,
+                name=task.get("name"),
+                models=models,
+                weight=float((task_weights or {}).get(key, 1.0)),
+                graphs=tuple(graphs[i] for i in keep),
+                latencies=np.asarray([lines[i]["median"] for i in keep], np.float64),
+                traces=tuple(traces[i] for i in keep),
+                workload=workload,
+            )
+        )
+        log.info("task %s (%s): %d candidates", key, task.get("name"), len(keep))
+    return Dataset(tuple(tasks), target)
+
+
+def split_by_models(dataset: Dataset, held_out: Sequence[str]) -> tuple[Dataset, Dataset]:
+    """(train, test): test holds every task of a held-out model, train the tasks of no
+    held-out model (a task shared with a held-out model is never trained on)."""
+    out = set(held_out)
+    test = tuple(t for t in dataset.tasks if out & set(t.models))
+    train = tuple(t for t in dataset.tasks if not out & set(t.models))
+    return Dataset(train, dataset.target), Dataset(test, dataset.target)
+
+
+def split_by_tasks(dataset: Dataset, held_out: Sequence[str]) -> tuple[Dataset, Dataset]:
+    """(train, test) by task key."""
+    out = set(held_out)
+    test = tuple(t for t in dataset.tasks if t.task_key in out)
+    train = tuple(t for t in dataset.tasks if t.task_key not in out)
+    return Dataset(train, dataset.target), Dataset(test, dataset.target)
+
+
+@dataclass(frozen=True)
+class TargetStats:
+    """Mean and standard deviation of log latency (seconds) over the training records."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, dataset: Dataset) -> TargetStats:
+        y = np.concatenate([t.log_latencies for t in dataset.tasks])
+        return cls(float(y.mean()), float(max(y.std(), 1e-3)))
+
+    def normalise(self, log_latency: np.ndarray) -> np.ndarray:
+        return ((log_latency - self.mean) / self.std).astype(np.float32)
+
+    def denormalise(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y, np.float64) * self.std + self.mean
+
+
+def normalise_dataset(dataset: Dataset, stats: FeatureStats) -> Dataset:
+    """The dataset with every graph standardised by `stats`."""
+    tasks = tuple(
+        TaskSamples(
+            task_key=t.task_key,
+            name=t.name,
+            models=t.models,
+            weight=t.weight,
+            graphs=tuple(stats.apply(g) for g in t.graphs),
+            latencies=t.latencies,
+            traces=t.traces,
+            workload=t.workload,
+        )
+        for t in dataset.tasks
+    )
+    return Dataset(tasks, dataset.target)
+
+
+def padded_sizes(graphs: Sequence[CandidateGraph], n_graph: int) -> tuple[int, int, int]:
+    """Bucketed (nodes, edges, graphs) padding for up to `n_graph` graphs like these."""
+    nodes = sum(g.n_node for g in graphs) + 1
+    edges = sum(g.n_edge for g in graphs)
+    return bucket_size(nodes), bucket_size(edges), n_graph + 1
+
+
+def training_batches(
+    dataset: Dataset,
+    target_stats: TargetStats,
+    rng: np.random.Generator,
+    tasks_per_batch: int,
+    candidates_per_task: int,
+) -> Iterator[Batch]:
+    """An endless stream of batches: `tasks_per_batch` tasks drawn with probability by size,
+    `candidates_per_task` candidates of each (fewer when a task has fewer)."""
+    sizes = np.asarray([len(t) for t in dataset.tasks], np.float64)
+    probs = sizes / sizes.sum()
+    n_graph = tasks_per_batch * candidates_per_task
+    replace = len(dataset.tasks) < tasks_per_batch
+    while True:
+        chosen = rng.choice(len(dataset.tasks), tasks_per_batch, replace=replace, p=probs)
+        graphs, ys, tids = [], [], []
+        for tid in chosen:
+            task = dataset.tasks[tid]
+            take = min(candidates_per_task, len(task))
+            idx = rng.choice(len(task), take, replace=False)
+            graphs += [task.graphs[i] for i in idx]
+            ys.append(target_stats.normalise(task.log_latencies[idx]))
+            tids += [int(tid)] * take
+        n_node_pad, n_edge_pad, n_graph_pad = padded_sizes(graphs, n_graph)
+        y = np.zeros(n_graph_pad, np.float32)
+        y[: len(graphs)] = np.concatenate(ys)
+        task = np.full(n_graph_pad, -1, np.int32)
+        task[: len(graphs)] = tids
+        yield Batch(pad_batch(graphs, n_node_pad, n_edge_pad, n_graph_pad), y, task)
+
+
+def inference_batches(
+    graphs: Sequence[CandidateGraph], batch_size: int = 256
+) -> Iterator[tuple[GraphBatch, int]]:
+    """Padded batches of `graphs` in order, with how many real graphs each holds."""
+    for start in range(0, len(graphs), batch_size):
+        chunk = graphs[start : start + batch_size]
+        n_graph = bucket_size(len(chunk), minimum=8)
+        nodes, edges, _ = padded_sizes(chunk, n_graph)
+        yield pad_batch(chunk, nodes, edges, n_graph + 1), len(chunk)
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    return math.exp(float(np.mean(np.log(values))))

@@ -1,0 +1,75 @@
+"""The cost model's modules (flax.nnx): a message-passing GNN over a `GraphBatch` that
+predicts each graph's (normalised) log latency. Modules only: no data handling, no training.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cost_model.features import GLOBAL_DIM, NODE_DIM, GraphBatch
+
+__all__ = ["MLP", "CostGNN", "MessagePassing"]
+
+
+class MLP(nnx.Module):
+    """Dense layers with ReLU between them (none after the last)."""
+
+    def __init__(self, sizes: tuple[int, ...], *, rngs: nnx.Rngs) -> None:
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i + 1 < len(self.layers):
+                x = jax.nn.relu(x)
+        return x
+
+
+class MessagePassing(nnx.Module):
+    """One round: messages along edges (producer -> consumer) and against them, summed per
+    node with segment_sum, then a residual update and layer norm."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs) -> None:
+        self.forward = nnx.Linear(2 * hidden, hidden, rngs=rngs)
+        self.backward = nnx.Linear(2 * hidden, hidden, rngs=rngs)
+        self.update = nnx.Linear(3 * hidden, hidden, rngs=rngs)
+        self.norm = nnx.LayerNorm(hidden, rngs=rngs)
+
+    def __call__(self, h: jax.Array, senders: jax.Array, receivers: jax.Array) -> jax.Array:
+        n = h.shape[0]
+        pair = jnp.concatenate([h[senders], h[receivers]], axis=-1)
+        to_consumer = jax.ops.segment_sum(
+            jax.nn.relu(self.forward(pair)), receivers, num_segments=n
+        )
+        to_producer = jax.ops.segment_sum(jax.nn.relu(self.backward(pair)), senders, num_segments=n)
+        h = h + jax.nn.relu(self.update(jnp.concatenate([h, to_consumer, to_producer], -1)))
+        return self.norm(h)
+
+
+class CostGNN(nnx.Module):
+    """Node embedding, `num_layers` rounds of message passing, sum and mean readout per
+    graph together with the graph's globals, and an MLP to one number per graph."""
+
+    def __init__(
+        self, hidden: int = 64, num_layers: int = 3, readout_layers: int = 2, *, rngs: nnx.Rngs
+    ) -> None:
+        self.embed = nnx.Linear(NODE_DIM, hidden, rngs=rngs)
+        self.layers = nnx.List([MessagePassing(hidden, rngs=rngs) for _ in range(num_layers)])
+        sizes = (2 * hidden + GLOBAL_DIM,) + (hidden,) * (readout_layers - 1) + (1,)
+        self.readout = MLP(sizes, rngs=rngs)
+
+    def __call__(self, batch: GraphBatch) -> jax.Array:
+        """(n_graph,) predictions; padding graphs' entries are meaningless."""
+        n_graph = batch.n_node.shape[0]
+        mask = batch.node_mask[:, None].astype(jnp.float32)
+        h = jax.nn.relu(self.embed(batch.nodes)) * mask
+        for layer in self.layers:
+            h = layer(h, batch.senders, batch.receivers) * mask
+        total = jax.ops.segment_sum(h, batch.node_graph, num_segments=n_graph)
+        count = jnp.maximum(batch.n_node, 1).astype(jnp.float32)[:, None]
+        x = jnp.concatenate([total / 8.0, total / count, batch.globals], axis=-1)
+        return self.readout(x)[:, 0]

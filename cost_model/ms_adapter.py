@@ -1,0 +1,143 @@
+"""The GNN as a MetaSchedule cost model (`PyCostModel`), so loop search inside a group is
+guided by the same model as plan search across groups.
+
+`predict` returns MetaSchedule's convention, higher is better: exp(min(pred) - pred) of the
+predicted log latencies, in (0, 1] like XGBModel's normalised throughput. `update` keeps the
+measured candidates (ok results only) and fine-tunes the model for a few steps on batches
+drawn from what it has seen. `make_cost_model("gnn" | "xgb" | "random")` is what a
+`--cost-model` option maps to.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from cost_model.features import CandidateGraph, Featurizer
+from cost_model.input_pipeline import Batch, padded_sizes
+from cost_model.predictor import Predictor, load_pretrained
+
+__all__ = ["GNNCostModel", "make_cost_model"]
+
+log = logging.getLogger(__name__)
+
+_FAILED = 1e9  # seconds at or above which a result is a failure (MetaSchedule uses 1e10)
+
+
+@derived_object
+class GNNCostModel(ms.cost_model.PyCostModel):
+    """predictor: a trained `Predictor` (default: the shipped pretrained one).
+    online_steps: fine-tuning steps per `update` (0: never learn online)."""
+
+    def __init__(
+        self,
+        predictor: Predictor | None = None,
+        online_steps: int | None = None,
+        learning_rate: float | None = None,
+        max_buffer: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.predictor = predictor if predictor is not None else load_pretrained()
+        config = self.predictor.config
+        self.online_steps = config.online_steps if online_steps is None else online_steps
+        self.learning_rate = learning_rate or config.online_learning_rate
+        self.max_buffer = max_buffer
+        self._rng = np.random.default_rng(seed)
+        self._featurizer: Featurizer | None = None
+        self._optimizer: Any = None
+        # task (structural hash of the workload) -> [(graph standardised, normalised y)]
+        self._seen: dict[int, list[tuple[CandidateGraph, float]]] = {}
+        self.calls = {"predict": 0, "update": 0}  # how often MetaSchedule asked: for logs
+
+    def _features(self, context: Any, candidates: list) -> list[CandidateGraph]:
+        if self._featurizer is None:
+            self._featurizer = Featurizer(context.target)
+        return self._featurizer.from_candidates(context, candidates)
+
+    def predict(self, context: Any, candidates: list) -> np.ndarray:
+        self.calls["predict"] += 1
+        if not candidates:
+            return np.zeros(0, np.float64)
+        pred = self.predictor.predict(self._features(context, candidates))
+        return np.exp(pred.min() - pred).astype(np.float64)
+
+    def update(self, context: Any, candidates: list, results: list) -> None:
+        import tvm_ffi
+
+        self.calls["update"] += 1
+        ok = []
+        for i, result in enumerate(results):
+            secs = [float(s) for s in (result.run_secs or [])]
+            if result.error_msg is None and secs and max(secs) < _FAILED:
+                ok.append((i, float(np.median(secs))))
+        if not ok or self.online_steps <= 0:
+            return
+        graphs = self._features(context, [candidates[i] for i, _ in ok])
+        stats, target = self.predictor.feature_stats, self.predictor.target_stats
+        key = int(tvm_ffi.structural_hash(context.mod))
+        seen = self._seen.setdefault(key, [])
+        for graph, (_, secs) in zip(graphs, ok, strict=True):
+            seen.append((stats.apply(graph), float(target.normalise(np.log(secs)))))
+        del seen[: max(0, len(seen) - self.max_buffer)]
+        self._fine_tune(key)
+
+    def _fine_tune(self, key: int) -> None:
+        from cost_model.train import fine_tune, make_optimizer
+
+        if self._optimizer is None:
+            self._optimizer = make_optimizer(
+                self.predictor.model, self.learning_rate, self.predictor.config.weight_decay
+            )
+        per_task = self.predictor.config.candidates_per_task
+        keys = list(self._seen)
+        batches = []
+        for _ in range(self.online_steps):
+            # the task just measured, plus one other seen task if there is one
+            chosen = [key]
+            others = [k for k in keys if k != key]
+            if others:
+                chosen.append(others[int(self._rng.integers(len(others)))])
+            graphs, ys, tids = [], [], []
+            for tid, k in enumerate(chosen):
+                pool = self._seen[k]
+                idx = self._rng.choice(len(pool), min(per_task, len(pool)), replace=False)
+                graphs += [pool[i][0] for i in idx]
+                ys += [pool[i][1] for i in idx]
+                tids += [tid] * len(idx)
+            if len(graphs) < 2:
+                return
+            n_graph = 2 * per_task
+            nodes, edges, n_graph_pad = padded_sizes(graphs, n_graph)
+            from cost_model.features import pad_batch
+
+            y = np.zeros(n_graph_pad, np.float32)
+            y[: len(ys)] = ys
+            task = np.full(n_graph_pad, -1, np.int32)
+            task[: len(tids)] = tids
+            batches.append(Batch(pad_batch(graphs, nodes, edges, n_graph_pad), y, task))
+        losses = fine_tune(
+            self.predictor.model, self._optimizer, batches, self.predictor.config.regression_weight
+        )
+        if losses:
+            log.debug("GNN online update: loss %.4f -> %.4f", losses[0], losses[-1])
+
+    def save(self, path: str) -> None:
+        self.predictor.save(Path(path))
+
+    def load(self, path: str) -> None:
+        self.predictor = Predictor.load(Path(path))
+        self._optimizer = None
+
+
+def make_cost_model(name: str, **kwargs: Any) -> Any:
+    """The cost model a `--cost-model` choice names: "gnn" (ours, pretrained default unless a
+    `predictor` is given), or any MetaSchedule name ("xgb", "random", "mlp")."""
+    if name == "gnn":
+        return GNNCostModel(**kwargs)
+    return ms.cost_model.CostModel.create(name, **kwargs)

@@ -1,0 +1,185 @@
+"""The cost model: metrics on hand-made rankings, training on the smoke traces (the loss
+falls, a held-out task ranks better than chance), save/load, the XGB baseline on the same
+records, the held-out-model report, and the GNN steering a short MetaSchedule tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cost_model.configs.default import Config
+from cost_model.metrics import (
+    TaskPrediction,
+    evaluate_tasks,
+    kendall_tau,
+    mape,
+    pairwise_accuracy,
+    peak_score,
+)
+
+SMOKE_TRACES = Path(__file__).parent / "data" / "smoke_traces.jsonl.gz"
+SMALL = Config(hidden=32, num_layers=2, num_steps=300, eval_every=100)
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def test_metrics_on_perfect_and_reversed_rankings() -> None:
+    true = np.array([1.0, 2.0, 3.0, 4.0, 8.0])
+    assert pairwise_accuracy(true, true) == 1.0 and kendall_tau(true, true) == 1.0
+    assert pairwise_accuracy(-true, true) == 0.0 and kendall_tau(-true, true) == -1.0
+    assert peak_score(true, true, 1) == 1.0 and peak_score(-true, true, 1) == 1.0 / 8.0
+    assert peak_score(-true, true, 5) == 1.0  # the top 5 hold the best
+    assert peak_score(-true, true, 2) == 1.0 / 4.0
+    assert mape(true, true) == 0.0 and mape(2 * true, true) == pytest.approx(1.0)
+    assert np.isnan(pairwise_accuracy([1, 2], [3, 3])) and np.isnan(kendall_tau([1, 1], [1, 2]))
+    assert pairwise_accuracy([1, 1], [1, 2]) == 0.5  # a predicted tie counts half
+
+
+def test_kendall_tau_matches_scipy() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = rng.integers(0, 6, 30).astype(float)  # with ties
+        b = a + rng.normal(0, 2, 30)
+        assert kendall_tau(b, a) == pytest.approx(scipy_stats.kendalltau(b, a).statistic)
+
+
+def test_evaluate_tasks_weights_tasks() -> None:
+    true = np.array([1.0, 2.0, 3.0])
+    good = TaskPrediction("a", true, np.log(true), true, weight=3.0)
+    bad = TaskPrediction("b", true, -true, None, weight=1.0)
+    result = evaluate_tasks([good, bad, TaskPrediction("c", true[:1], true[:1])])
+    assert result["tasks"] == 2.0
+    assert result["pairwise_accuracy"] == pytest.approx(0.75)
+    assert result["kendall_tau"] == pytest.approx(0.5)
+    assert result["top1_peak"] == pytest.approx((3 * 1 + 1 / 3) / 4)
+    assert result["mape"] == 0.0  # only the task with latencies counts
+
+
+# ------------------------------------------------------------------------ training
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    from cost_model.input_pipeline import load_dataset
+
+    assert SMOKE_TRACES.exists(), "regenerate with cost_model.smoke_data.generate_smoke_traces"
+    return load_dataset(SMOKE_TRACES)
+
+
+def test_smoke_dataset_has_labelled_tasks(smoke) -> None:
+    assert smoke.models == ["model_a", "model_b", "model_c"]
+    assert len(smoke.tasks) == 6 and len(smoke) >= 200
+    for task in smoke.tasks:
+        assert len(task.graphs) == len(task.latencies) == len(task.traces)
+        assert task.latencies.max() / task.latencies.min() > 2  # schedules differ
+
+
+@pytest.fixture(scope="module")
+def trained_on_all_but_one_task(smoke):
+    from cost_model.input_pipeline import split_by_tasks
+    from cost_model.train import train
+
+    held_out = next(t.task_key for t in smoke.tasks if t.name == "model_a/matmul_64")
+    train_set, test_set = split_by_tasks(smoke, [held_out])
+    return train(SMALL, train_set, test_set), test_set
+
+
+def test_training_lowers_the_loss_and_ranks_a_held_out_task(trained_on_all_but_one_task):
+    result, _ = trained_on_all_but_one_task
+    first, last = result.history[0], result.history[-1]
+    assert last["loss"] < first["loss"]
+    assert last["eval"]["pairwise_accuracy"] > 0.6  # random ranks at 0.5
+    assert last["eval"]["kendall_tau"] > 0.2
+
+
+def test_predictor_round_trip_and_pretrained(tmp_path: Path, trained_on_all_but_one_task):
+    from cost_model.predictor import Predictor, load_pretrained
+
+    result, test_set = trained_on_all_but_one_task
+    predictor = Predictor(
+        SMALL, result.model, result.feature_stats, result.target_stats, {"what": "test"}
+    )
+    graphs = list(test_set.tasks[0].graphs)
+    before = predictor.predict(graphs)
+    again = Predictor.load(predictor.save(tmp_path / "m"))
+    np.testing.assert_allclose(again.predict(graphs), before, rtol=1e-5)
+    assert again.info == {"what": "test"} and again.config == SMALL
+    # log latencies of the right magnitude (seconds: microseconds to milliseconds)
+    assert np.all((before > np.log(1e-7)) & (before < np.log(1e-1)))
+    shipped = load_pretrained()
+    assert "smoke" in shipped.info["label"]
+    assert shipped.predict(graphs).shape == (len(graphs),)
+    with pytest.raises(FileNotFoundError, match="no pretrained"):
+        load_pretrained("nope")
+
+
+def test_held_out_model_report_with_xgb(tmp_path: Path, smoke) -> None:
+    from cost_model.cli import train_cost_model
+
+    metrics = train_cost_model(
+        SMOKE_TRACES, tmp_path / "out", ["model_c"], SMALL.replace(num_steps=100), dataset=smoke
+    )
+    assert metrics["held_out_models"] == ["model_c"] and metrics["test"]["tasks"] == 2
+    assert metrics["train"]["models"] == ["model_a", "model_b"]
+    for who in ("gnn", "xgb"):
+        for name in ("pairwise_accuracy", "kendall_tau", "top1_peak", "top5_peak"):
+            assert metrics[who][name] is not None, (who, name)
+        assert 0 < metrics[who]["top1_peak"] <= 1
+    assert metrics["gnn"]["mape"] is not None and metrics["xgb"]["mape"] is None
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["gnn"] == metrics["gnn"]
+    assert (tmp_path / "out" / "params.npz").exists()
+
+
+# ------------------------------------------------------------------------ MetaSchedule
+
+
+@pytest.mark.timeout(300)
+def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from ago_search.measure import register_cpu_tensor_intrinsics
+    from ago_search.schedule.tasks import workload_module
+    from cost_model.ms_adapter import GNNCostModel, make_cost_model
+    from cost_model.smoke_data import SMOKE_TARGET, _in_process_builder_and_runner, _matmul
+
+    target = tvm.target.Target(SMOKE_TARGET)
+    register_cpu_tensor_intrinsics(target)
+    mod = workload_module(_matmul(32, 32, 32))
+    model = make_cost_model("gnn", online_steps=3)
+    assert isinstance(model, GNNCostModel)
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    builder, runner = _in_process_builder_and_runner(artifacts)
+    db = ms.tune_tir(
+        mod,
+        target,
+        str(tmp_path / "work"),
+        max_trials_global=8,
+        num_trials_per_iter=4,
+        builder=builder,
+        runner=runner,
+        cost_model=model,
+        strategy=ms.search_strategy.EvolutionarySearch(population_size=16),
+        num_tuning_cores=1,
+        seed=0,
+    )
+    assert len(db.get_all_tuning_records()) == 8
+    assert model.calls["predict"] >= 1 and model.calls["update"] == 2
+    assert sum(len(v) for v in model._seen.values()) == 8  # every ok result kept
+    # higher is better, in (0, 1], best candidate 1
+    records = db.get_all_tuning_records()
+    context = ms.TuneContext(mod=mod, target=target, task_name="check", num_threads=1)
+    candidates = [r.as_measure_candidate() for r in records]
+    scores = model.predict(context, candidates)
+    assert scores.shape == (8,) and np.all((scores > 0) & (scores <= 1)) and scores.max() == 1
+    model.save(str(tmp_path / "saved"))
+    fresh = GNNCostModel()
+    fresh.load(str(tmp_path / "saved"))
+    assert fresh.predictor.config == model.predictor.config
