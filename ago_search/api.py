@@ -566,3 +566,34 @@ def format_cost_model_metrics(metrics: dict) -> str:
             )
             lines.append(f"{name:<6}{cells}")
     return "\n".join(lines)
+
+
+def collect(
+    models: list[str] | None = None,
+    device: str = "host",
+    db: str | Path | None = None,
+    out: str | Path | None = None,
+    seeds: list[str] | None = None,
+    zoo: str | Path | None = None,
+    **options: Any,
+):
+    """Device traces for the cost model (`ago_search.collect.collect`): the zoo's tasks under
+    every seed plan, tuned in passes into `db` and exported to `out`; a `CollectReport`."""
+    from ago_search import collect as collector
+
+    return collector.collect(
+        models=models,
+        device=device,
+        db=db,
+        out=out,
+        seeds=seeds or collector.SEEDS,
+        zoo=zoo or collector.DEFAULT_ZOO,
+        **options,
+    )
+
+
+def format_collect(report) -> str:
+    """The summary `ago-search collect` prints."""
+    from ago_search.collect import format_collect as fmt
+
+    return fmt(report)

@@ -138,6 +138,54 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="only records of this device key")
     train.add_argument("--steps", type=int, default=None, help="training steps")
     train.add_argument("--no-xgb", action="store_true", help="skip the XGB baseline")
+
+    collect = sub.add_parser(
+        "collect",
+        help="device traces for the cost model: tune the zoo's tasks under every seed plan",
+    )
+    collect.add_argument("--device", default="host", help="'host', a device name or a .toml")
+    collect.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated zoo model names or .onnx files (default: the whole zoo)",
+    )
+    collect.add_argument(
+        "--seeds", default="tvm,dnnfusion,intensive", help="comma-separated seed partitions"
+    )
+    collect.add_argument(
+        "--trials-per-task", type=int, default=64, help="search trials each task ends with"
+    )
+    collect.add_argument(
+        "--first-trials", type=int, default=8, help="pass 1's trials per task (random sampling)"
+    )
+    collect.add_argument(
+        "--step-trials", type=int, default=16, help="trials per task added by each later pass"
+    )
+    collect.add_argument(
+        "--hours", type=float, default=None, help="time budget: no new batch after this"
+    )
+    collect.add_argument(
+        "--cost-model",
+        choices=["xgb", "random"],
+        default="xgb",
+        help="cost model of the passes after the first (xgb: evolutionary search)",
+    )
+    collect.add_argument("--batch-tasks", type=int, default=8, help="tasks tuned per batch")
+    collect.add_argument(
+        "--db", type=Path, default=None, help="the tuning database (default: OUT/collect.db)"
+    )
+    collect.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="export folder (default: datasets/traces/<device key>)",
+    )
+    collect.add_argument("--zoo", type=Path, default=None, help="zoo folder with manifest.json")
+    collect.add_argument(
+        "--no-verify", action="store_true", help="do not check candidates' outputs"
+    )
+    collect.add_argument("--seed", type=int, default=None, help="the search's random seed")
+    collect.add_argument("--json", type=Path, help="write the summary as JSON here")
     return parser
 
 
@@ -210,6 +258,29 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(api.format_cost_model_metrics(metrics))
             print(f"\nwritten: {args.out}")
+        elif args.command == "collect":
+            for name in ("ago_search.collect", "ago_search.schedule"):
+                logging.getLogger(name).setLevel(min(level, logging.INFO))
+            report = api.collect(
+                models=args.models.split(",") if args.models else None,
+                device=args.device,
+                db=args.db,
+                out=args.out,
+                seeds=[s for s in args.seeds.split(",") if s],
+                trials_per_task=args.trials_per_task,
+                first_trials=args.first_trials,
+                step_trials=args.step_trials,
+                hours=args.hours,
+                cost_model=args.cost_model,
+                batch_tasks=args.batch_tasks,
+                zoo=args.zoo,
+                verify=not args.no_verify,
+                seed=args.seed,
+            )
+            print(api.format_collect(report))
+            if args.json:
+                api.write_json(report.to_json(), args.json)
+                print(f"\nwritten: {args.json}")
         elif args.command in ("tune-tasks", "measure"):
             if args.command == "tune-tasks":
                 # progress of a long run: one line per round from the tuning layer
