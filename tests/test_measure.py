@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tvm
 import tvm.s_tir.meta_schedule as ms
-from tvm import te
+from tir_kernels import MATMUL_ARGS, N, matmul, writes_far_out_of_bounds
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.runner import RunnerInput
@@ -39,23 +39,6 @@ from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError
 
 # Short enough for tests, long enough to give real times: 3 repeats of >= 5 ms.
 FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=5.0)
-N = 64
-
-
-def matmul(n: int = N) -> tvm.IRModule:
-    a = te.placeholder((n, n), name="A")
-    b = te.placeholder((n, n), name="B")
-    k = te.reduce_axis((0, n), name="k")
-    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
-    return tvm.IRModule({"main": te.create_prim_func([a, b, c]).with_attr("global_symbol", "main")})
-
-
-@T.prim_func
-def writes_far_out_of_bounds(a: T.handle):
-    T.func_attr({"global_symbol": "main"})
-    A = T.match_buffer(a, (16,), "float32")
-    for i in range(1000000):
-        A[i * 1024] = T.float32(1)
 
 
 @T.prim_func
@@ -66,7 +49,6 @@ def never_ends(a: T.handle):
         A[0] = A[0] + T.float32(1)
 
 
-MATMUL_ARGS = [["TENSOR", "float32", [N, N]]] * 3
 VECTOR_ARGS = [["TENSOR", "float32", [16]]]
 
 

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import tvm
 import tvm.s_tir.meta_schedule as ms
-from tvm import te
-from tvm.script import tirx as T
+from tir_kernels import MATMUL_ARGS, N, matmul, writes_far_out_of_bounds
 
 from ago_search.build import tvm_thread_env
 from ago_search.devices import DeviceProfile, RPCConnection, detect_host
@@ -26,26 +25,8 @@ from ago_search.measure.intrinsics import register_cpu_tensor_intrinsics
 from ago_search.measure.runners import DeviceUnavailableError, RPCRunner
 
 FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=5.0)
-N = 64
-MATMUL_ARGS = [["TENSOR", "float32", [N, N]]] * 3
 STOCK_KEY = "test"  # TVM's own rpc_server
 ROBUST_KEY = "robust"  # ago_search.measure.rpc_server, which survives crashed sessions
-
-
-def matmul(n: int = N) -> tvm.IRModule:
-    a = te.placeholder((n, n), name="A")
-    b = te.placeholder((n, n), name="B")
-    k = te.reduce_axis((0, n), name="k")
-    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
-    return tvm.IRModule({"main": te.create_prim_func([a, b, c]).with_attr("global_symbol", "main")})
-
-
-@T.prim_func
-def writes_far_out_of_bounds(a: T.handle):
-    T.func_attr({"global_symbol": "main"})
-    A = T.match_buffer(a, (16,), "float32")
-    for i in range(1000000):
-        A[i * 1024] = T.float32(1)
 
 
 def _free_port() -> int:
