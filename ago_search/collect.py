@@ -358,8 +358,10 @@ def collect(
                 )
                 try:
                     report = tune_tasks(batch, profile, store, config)
-                except AgoSearchError as exc:
-                    log.warning("a batch of %d tasks failed: %s", len(batch), exc)
+                except Exception as exc:  # noqa: BLE001 - an hours-long run outlives one batch
+                    # Every measurement is already in the database; the next batch goes on.
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    log.warning("a batch of %d tasks failed: %s", len(batch), first)
                     continue
                 pass_new += report.trials_run
                 store.export_jsonl(export, device_key=profile.key)

@@ -634,6 +634,9 @@ def _run_metaschedule(
 ) -> None:
     on_round = check.select if check is not None else None
     budget = TrialBudget(remaining)
+    tasks, priors = _schedulable(tasks, priors, config, num_threads)
+    if not tasks:
+        return
     searches = [
         SkipMeasured(
             ms.search_strategy.EvolutionarySearch(population_size=config.population_size),
@@ -691,6 +694,42 @@ def _run_metaschedule(
     skipped = sum(search.skipped for search in searches)
     if skipped:
         log.info("skipped %d candidates measured before", skipped)
+
+
+def _schedulable(
+    tasks: Sequence[Task], priors: Sequence[TaskPrior], config: TuningConfig, num_threads: int
+) -> tuple[list[Task], list[TaskPrior]]:
+    """The tasks whose design space MetaSchedule can generate, with their priors.
+
+    Some schedule rules raise a ScheduleError on some fused groups (seen: reverse-compute-at on
+    an add + layer_norm group of bert_tiny); inside ms.tune_tasks that ends the whole run. The
+    space is generated here first, with the same seed the real context gets, and a task that
+    fails is left out with a warning: a failure of one task, not of the run.
+    """
+    kept_tasks, kept_priors = [], []
+    for index, (task, prior) in enumerate(zip(tasks, priors, strict=True)):
+        context = ms.TuneContext(
+            mod=task.mod,
+            target=task.target_object(),
+            space_generator="post-order-apply",
+            task_name=task.name,
+            rand_state=_seed(config, index),
+            num_threads=num_threads,
+            logger=_MS_LOG,
+        )
+        try:
+            context.generate_design_space()
+        except Exception as exc:  # a TVM ScheduleError/TVMError from a schedule rule
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            log.warning(
+                "task %s left untuned: MetaSchedule cannot generate its design space (%s)",
+                task.name,
+                first,
+            )
+            continue
+        kept_tasks.append(task)
+        kept_priors.append(prior)
+    return kept_tasks, kept_priors
 
 
 def _warm_start(
