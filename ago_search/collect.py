@@ -324,6 +324,11 @@ def collect(
     )
 
     store = TuningDatabase(db)
+    if len(store) == 0 and export.is_file():
+        # A fresh clone has the committed export but not the database: start from the export,
+        # or the first batch's export would overwrite it with fewer records.
+        imported = store.import_jsonl(export)
+        log.info("started the database from %s: %s records", export, imported)
     records_before = len(store)
     stopped, passes = "done", 0
     try:
