@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="xgb",
         help="cost model of the passes after the first (xgb: evolutionary search)",
     )
-    collect.add_argument("--batch-tasks", type=int, default=8, help="tasks tuned per batch")
+    collect.add_argument("--batch-tasks", type=int, default=32, help="tasks tuned per batch")
     collect.add_argument(
         "--db", type=Path, default=None, help="the tuning database (default: OUT/collect.db)"
     )

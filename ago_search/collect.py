@@ -8,8 +8,9 @@
    they came from;
 2. the unique tasks are tuned in passes, in batches of a few tasks: pass 1 brings each task
    to `first_trials` search trials with the random cost model (random samples of
-   MetaSchedule's design space), later passes raise the per-task target by `step_trials`
-   with the XGBoost model (evolutionary search), until `trials_per_task` or the time budget;
+   MetaSchedule's design space, ReplayTrace), later passes raise the per-task target by
+   `step_trials` with the XGBoost model (evolutionary search), until `trials_per_task` or the
+   time budget; each pass gives every task one round of its step, tasks in turn;
 3. after each batch the database is exported to `<out>/<db stem>.jsonl.gz` (written whole,
    then renamed); `models.json` (task_key -> [model names], what
    `cost_model.input_pipeline.load_dataset` reads) and `tasks.json` (task_key -> {"models",
@@ -273,11 +274,12 @@ def collect(
     step_trials: int = 16,
     hours: float | None = None,
     cost_model: str = "xgb",
-    batch_tasks: int = 8,
+    batch_tasks: int = 32,
     zoo: str | Path = DEFAULT_ZOO,
     verify: bool = True,
     seed: int | None = None,
     protocol: Any = None,
+    export_every_s: float = 300.0,
 ) -> CollectReport:
     """Collect device traces of the zoo's tasks into `db` and export them to `out`.
 
@@ -285,6 +287,8 @@ def collect(
     datasets/traces/<device key>; db: default <out>/collect.db. trials_per_task: the search
     trials each task should end with; first_trials: pass 1's target (random cost model);
     step_trials: added per later pass (`cost_model`). hours: stop starting batches after this.
+    export_every_s: the export is rewritten after a batch when it is older than this, and at
+    the end (the database holds every record at once; the export is what gets committed).
     """
     from ago_search.database import Status, TuningDatabase
     from ago_search.devices import load_device
@@ -331,6 +335,7 @@ def collect(
         log.info("started the database from %s: %s records", export, imported)
     records_before = len(store)
     stopped, passes = "done", 0
+    last_export = time.perf_counter()
     try:
         for number, per_task in enumerate(targets, start=1):
             model_name = "random" if number == 1 else cost_model
@@ -348,6 +353,10 @@ def collect(
                 model_name,
             )
             pass_new = 0
+            # One round of `round_trials` per task and pass, tasks in turn: a round's
+            # evolutionary search costs the same for 2 candidates as for 16, so small rounds
+            # (the first-pass scheduler's, sized for a tuning budget) waste most of the time.
+            round_trials = per_task - (targets[number - 2] if number > 1 else 0)
             for batch in _batches(todo, batch_tasks):
                 if deadline is not None and time.perf_counter() > deadline:
                     stopped = "time budget"
@@ -355,7 +364,10 @@ def collect(
                 before = len(store)
                 batch_start = time.perf_counter()
                 config = TuningConfig(
-                    trials=sum(max(have[t.key], per_task) for t in batch),
+                    trials=sum(have[t.key] for t in batch) + round_trials * len(batch),
+                    scheduler="round-robin",
+                    trials_per_round=round_trials,
+                    search="replay" if model_name == "random" else "evolutionary",
                     cost_model=model_name,
                     verify=verify,
                     seed=seed,
@@ -369,13 +381,16 @@ def collect(
                     log.warning("a batch of %d tasks failed: %s", len(batch), first)
                     continue
                 pass_new += report.trials_run
-                store.export_jsonl(export, device_key=profile.key)
+                exported = ""
+                if time.perf_counter() - last_export >= export_every_s:
+                    store.export_jsonl(export, device_key=profile.key)
+                    last_export, exported = time.perf_counter(), f"; exported {export}"
                 seconds = time.perf_counter() - batch_start
                 added = len(store) - before
                 ok = store.status_counts(device_key=profile.key)[Status.OK]
                 log.info(
                     "pass %d: %d tasks, %d new records in %.0f s (%.2f records/s); "
-                    "%d records, %d ok; exported %s",
+                    "%d records, %d ok%s",
                     number,
                     len(batch),
                     added,
@@ -383,7 +398,7 @@ def collect(
                     added / seconds if seconds > 0 else 0.0,
                     len(store),
                     ok,
-                    export,
+                    exported,
                 )
             if stopped != "done":
                 break
@@ -391,7 +406,7 @@ def collect(
                 # the searches propose only known schedules: more passes would add nothing
                 stopped = "exhausted"
                 break
-        if not export.exists():
+        if not export.exists() or len(store) != records_before:
             store.export_jsonl(export, device_key=profile.key)
         statuses = {str(s): n for s, n in store.status_counts(device_key=profile.key).items()}
         records_after = len(store)

@@ -350,3 +350,13 @@ def test_killed_tuning_resumes_without_measuring_anything_twice(model_path, tmp_
     }
     journaled = {tuple(line.split()) for line in lines}
     assert journaled <= search and len(search - journaled) <= 2
+
+
+def test_tuning_config_rejects_unknown_choices():
+    from ago_search.errors import AgoSearchError
+
+    with pytest.raises(AgoSearchError, match="unknown search 'bogus'"):
+        TuningConfig(trials=1, search="bogus")
+    with pytest.raises(AgoSearchError, match="unknown task scheduler"):
+        TuningConfig(trials=1, scheduler="bogus")
+    assert TuningConfig(trials=1, search="replay").search == "replay"

@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 _MS_LOG = logging.getLogger("ago_search.metaschedule")
 
 SCHEDULERS = ("first-pass", "gradient", "round-robin")
+SEARCHES = ("evolutionary", "replay")
 SOURCE_UNTUNED = "untuned"
 # MetaSchedule's default round size (`num_trials_per_iter` of tune_tasks / tune_relax), used
 # with its own schedulers so that they are compared as a user gets them.
@@ -95,6 +96,9 @@ class TuningConfig:
         `max_round_trials`; for MetaSchedule's schedulers its default, 64.
     cost_model: "xgb" (MetaSchedule's XGBoost model), "random", or a MetaSchedule CostModel.
     population_size: of the evolutionary search (TVM_NOTES.md: 128 on 2 cores).
+    search: "evolutionary" (MetaSchedule's EvolutionarySearch, ranked by the cost model) or
+        "replay" (ReplayTrace: plain random samples of the design space, no cost model; what
+        trace collection wants for unbiased samples, at a fraction of the search's CPU).
     verify: check every candidate's outputs against the untuned task (wrong -> wrong_result).
     measure_untuned: measure each task's untuned kernel once (the empty trace).
     seed: the search's random seed (None: random).
@@ -109,6 +113,7 @@ class TuningConfig:
     max_round_trials: int = 16
     cost_model: Any = "xgb"
     population_size: int = 128
+    search: str = "evolutionary"
     verify: bool = True
     measure_untuned: bool = True
     seed: int | None = None
@@ -127,6 +132,10 @@ class TuningConfig:
             )
         if self.trials_per_round is not None and self.trials_per_round < 1:
             raise AgoSearchError(f"trials per round must be >= 1, got {self.trials_per_round}")
+        if self.search not in SEARCHES:
+            raise AgoSearchError(
+                f"unknown search {self.search!r}: choose one of {', '.join(SEARCHES)}"
+            )
         if not 0 < self.first_pass_fraction <= 1:
             raise AgoSearchError("first_pass_fraction must be in (0, 1]")
 
@@ -639,7 +648,7 @@ def _run_metaschedule(
         return
     searches = [
         SkipMeasured(
-            ms.search_strategy.EvolutionarySearch(population_size=config.population_size),
+            _search_strategy(config),
             store,
             device_key,
             task.key,
@@ -694,6 +703,12 @@ def _run_metaschedule(
     skipped = sum(search.skipped for search in searches)
     if skipped:
         log.info("skipped %d candidates measured before", skipped)
+
+
+def _search_strategy(config: TuningConfig) -> Any:
+    if config.search == "replay":
+        return ms.search_strategy.ReplayTrace()
+    return ms.search_strategy.EvolutionarySearch(population_size=config.population_size)
 
 
 def _schedulable(
