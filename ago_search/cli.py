@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify", action="store_true", help="do not check candidates' outputs"
     )
     collect.add_argument("--seed", type=int, default=None, help="the search's random seed")
+    collect.add_argument(
+        "--labels-only",
+        action="store_true",
+        help="only (re)write models.json and tasks.json beside the export; measure nothing",
+    )
     collect.add_argument("--json", type=Path, help="write the summary as JSON here")
     return parser
 
@@ -276,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 zoo=args.zoo,
                 verify=not args.no_verify,
                 seed=args.seed,
+                labels_only=args.labels_only,
             )
             print(api.format_collect(report))
             if args.json:

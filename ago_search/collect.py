@@ -14,8 +14,9 @@
 3. after each batch the database is exported to `<out>/<db stem>.jsonl.gz` (written whole,
    then renamed); `models.json` (task_key -> [model names], what
    `cost_model.input_pipeline.load_dataset` reads) and `tasks.json` (task_key -> {"models",
-   "weights": {model: calls per inference}, "seeds", "name", "flops", "complex_ops"}) are
-   written beside it before tuning starts.
+   "weights": {model: calls per inference}, "seeds", "name", "flops", "complex_ops", "ops":
+   the group's operators as `cost_model.features.OpInfo` JSON, "op_edges": their edges as
+   index pairs}) are written beside it before tuning starts.
 
 Everything measured is in the database at once, and `tune_tasks` counts the database's trials
 towards its budget and never re-measures a known schedule: a killed run started again with the
@@ -70,6 +71,8 @@ class _Entry:
     task: Any  # schedule.Task
     weights: dict[str, int] = field(default_factory=dict)  # model -> calls per inference
     seeds: set[str] = field(default_factory=set)
+    ops: list[dict] = field(default_factory=list)  # features.OpInfo.to_json() of the group
+    op_edges: list[tuple[int, int]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -79,6 +82,8 @@ class _Entry:
             "name": self.task.name,
             "flops": self.task.flops,
             "complex_ops": self.task.complex_ops,
+            "ops": self.ops,
+            "op_edges": [list(e) for e in self.op_edges],
         }
 
 
@@ -170,6 +175,7 @@ def gather_tasks(
     from ago_search.pipeline import prepare_model, seed_partition
     from ago_search.plan import Plan, apply_plan
     from ago_search.schedule import extract_tasks
+    from cost_model.features import op_infos_from_opgraph
 
     entries: dict[str, _Entry] = {}
     per_seed: dict[str, set[str]] = {s: set() for s in seeds}
@@ -193,7 +199,13 @@ def gather_tasks(
                 failed.append(f"{source.name}/{seed}: {exc}")
                 continue
             for task in tasks:
-                entry = entries.setdefault(task.key, _Entry(task))
+                entry = entries.get(task.key)
+                if entry is None:
+                    entry = entries[task.key] = _Entry(task)
+                    if task.nodes and task.nodes[0]:
+                        ops, op_edges = op_infos_from_opgraph(prepared.graph, task.nodes[0])
+                        entry.ops = [op.to_json() for op in ops]
+                        entry.op_edges = op_edges
                 entry.weights[source.name] = max(entry.weights.get(source.name, 0), task.weight)
                 entry.seeds.add(seed)
                 per_seed[seed].add(task.key)
@@ -280,6 +292,7 @@ def collect(
     seed: int | None = None,
     protocol: Any = None,
     export_every_s: float = 300.0,
+    labels_only: bool = False,
 ) -> CollectReport:
     """Collect device traces of the zoo's tasks into `db` and export them to `out`.
 
@@ -289,6 +302,8 @@ def collect(
     step_trials: added per later pass (`cost_model`). hours: stop starting batches after this.
     export_every_s: the export is rewritten after a batch when it is older than this, and at
     the end (the database holds every record at once; the export is what gets committed).
+    labels_only: write models.json and tasks.json and stop (nothing is measured, the database
+    is not opened): refreshes the labels of a collection made by an older version.
     """
     from ago_search.database import Status, TuningDatabase
     from ago_search.devices import load_device
@@ -316,6 +331,26 @@ def collect(
     if not entries:
         raise AgoSearchError("no tasks: none of the models could be partitioned")
     _write_labels(out, entries)
+    if labels_only:
+        log.info("labels of %d tasks written to %s", len(entries), out)
+        return CollectReport(
+            device_key=profile.key,
+            database=str(db),
+            export=str(export),
+            models=tuple(s.name for s in sources),
+            seeds=tuple(seeds),
+            tasks=len(entries),
+            multi_complex_tasks=sum(1 for e in entries.values() if e.task.complex_ops > 1),
+            tasks_per_seed=per_seed,
+            failed=tuple(failed),
+            passes=0,
+            trials_per_task=trials_per_task,
+            records_before=0,
+            records_after=0,
+            statuses={},
+            wall_s=time.perf_counter() - started,
+            stopped="labels only",
+        )
     # cheap tasks first, so that pass 1 covers many tasks early
     tasks = sorted((e.task for e in entries.values()), key=lambda t: (t.flops, t.key))
     log.info(
@@ -447,6 +482,12 @@ def format_collect(report: CollectReport) -> str:
         f"database: {report.database}",
         f"export:   {report.export} (+ {MODELS_FILE}, {TASKS_FILE})",
     ]
+    if report.stopped == "labels only":
+        lines = [
+            *lines[:2],
+            f"labels only: {MODELS_FILE} and {TASKS_FILE} written beside "
+            f"{report.export}; nothing measured",
+        ]
     if report.failed:
         lines.append("not collected: " + "; ".join(report.failed))
     return "\n".join(lines)

@@ -45,6 +45,7 @@ __all__ = [
     "FeatureStats",
     "GraphBatch",
     "OpInfo",
+    "StoreParts",
     "bucket_size",
     "candidate_graph",
     "op_infos_from_opgraph",
@@ -239,6 +240,24 @@ def candidate_graph(
     return CandidateGraph(nodes, senders, receivers, glob, n_store)
 
 
+@dataclass(frozen=True)
+class StoreParts:
+    """What a candidate's schedule contributes to its graph: MetaSchedule's per-store
+    feature rows (n_store, STORE_DIM + WORKLOAD_DIM) and the store edges (n, 2). The group's
+    operators are added by `graph`."""
+
+    features: np.ndarray
+    edges: np.ndarray
+
+    def graph(
+        self, ops: Sequence[OpInfo] = (), op_edges: Iterable[tuple[int, int]] = ()
+    ) -> CandidateGraph:
+        features = self.features
+        workload = features[0, STORE_DIM:] if features.shape[0] else None
+        edges = [(int(a), int(b)) for a, b in self.edges]
+        return candidate_graph(features[:, :STORE_DIM], edges, ops, op_edges, workload)
+
+
 def bucket_size(n: int, minimum: int = 16) -> int:
     """The padded size for n: the next power of two (at least `minimum`), so that a stream of
     batches compiles a handful of shapes only."""
@@ -386,16 +405,10 @@ class Featurizer:
             )
         return self._contexts[key]
 
-    def from_candidates(
-        self,
-        context: Any,
-        candidates: Sequence[Any],
-        ops: Sequence[OpInfo] = (),
-        op_edges: Sequence[tuple[int, int]] = (),
-    ) -> list[CandidateGraph]:
-        """Graphs of MetaSchedule `MeasureCandidate`s of one task."""
+    def store_parts(self, context: Any, candidates: Sequence[Any]) -> list[StoreParts]:
+        """The schedule-dependent part of each candidate's graph (what is worth caching)."""
         matrices = self._extractor.extract_from(context, list(candidates))
-        graphs = []
+        parts = []
         for candidate, matrix in zip(candidates, matrices, strict=True):
             features = matrix.numpy().astype(np.float32)
             names, edges = store_buffer_order(candidate.sch.mod["main"])
@@ -405,9 +418,18 @@ class Featurizer:
                 # away): keep the rows, chain them in program order instead
                 log.debug("%d stores vs %d feature rows: chained edges", len(names), n_rows)
                 edges = [(i, i + 1) for i in range(n_rows - 1)]
-            workload = features[0, STORE_DIM:] if n_rows else None
-            graphs.append(candidate_graph(features[:, :STORE_DIM], edges, ops, op_edges, workload))
-        return graphs
+            parts.append(StoreParts(features, np.asarray(edges, np.int32).reshape(-1, 2)))
+        return parts
+
+    def from_candidates(
+        self,
+        context: Any,
+        candidates: Sequence[Any],
+        ops: Sequence[OpInfo] = (),
+        op_edges: Sequence[tuple[int, int]] = (),
+    ) -> list[CandidateGraph]:
+        """Graphs of MetaSchedule `MeasureCandidate`s of one task."""
+        return [p.graph(ops, op_edges) for p in self.store_parts(context, candidates)]
 
     def from_traces(
         self,
@@ -417,6 +439,16 @@ class Featurizer:
         op_edges: Sequence[tuple[int, int]] = (),
     ) -> list[CandidateGraph | None]:
         """Graphs of traces of one task's workload; None for a trace that does not replay."""
+        return [
+            p.graph(ops, op_edges) if p is not None else None
+            for p in self.parts_from_traces(workload, traces)
+        ]
+
+    def parts_from_traces(
+        self, workload: Any, traces: Sequence[str | list]
+    ) -> list[StoreParts | None]:
+        """`StoreParts` of traces of one task's workload; None for a trace that does not
+        replay."""
         from tvm.s_tir import meta_schedule as ms
 
         candidates, where = [], []
@@ -430,8 +462,10 @@ class Featurizer:
                 ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
             )
             where.append(i)
-        result: list[CandidateGraph | None] = [None] * len(traces)
-        graphs = self.from_candidates(self.context(workload), candidates, ops, op_edges)
-        for i, graph in zip(where, graphs, strict=True):
-            result[i] = graph
+        result: list[StoreParts | None] = [None] * len(traces)
+        if not candidates:
+            return result
+        parts = self.store_parts(self.context(workload), candidates)
+        for i, part in zip(where, parts, strict=True):
+            result[i] = part
         return result

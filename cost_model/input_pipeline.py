@@ -32,6 +32,7 @@ from cost_model.features import (
     CandidateGraph,
     FeatureStats,
     GraphBatch,
+    OpInfo,
     bucket_size,
     pad_batch,
 )
@@ -116,6 +117,24 @@ def _trace_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _task_info(paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+    """tasks.json of the folders among `paths` (what `ago-search collect` writes), merged."""
+    info: dict[str, dict[str, Any]] = {}
+    for p in paths:
+        side = Path(p) / "tasks.json"
+        if Path(p).is_dir() and side.exists():
+            info.update(json.loads(side.read_text()))
+    return info
+
+
+def _ops_of(info: Mapping[str, Any] | None) -> tuple[list[OpInfo], list[tuple[int, int]]]:
+    if not info or not info.get("ops"):
+        return [], []
+    ops = [OpInfo.from_json(op) for op in info["ops"]]
+    edges = [(int(a), int(b)) for a, b in info.get("op_edges", ())]
+    return ops, edges
+
+
 def load_dataset(
     source: str | Path | Sequence[str | Path],
     device_key: str | None = None,
@@ -123,11 +142,20 @@ def load_dataset(
     task_weights: Mapping[str, float] | None = None,
     max_per_task: int | None = None,
     featurizer: Any = None,
+    cache: Any = None,
+    with_ops: bool = True,
 ) -> Dataset:
-    """Trace files (or folders of them) as a `Dataset` of featurised ok records."""
+    """Trace files (or folders of them) as a `Dataset` of featurised ok records.
+
+    Beside a folder, `models.json` labels tasks with models and `tasks.json` gives each task's
+    weight (its calls per inference, summed over its models) and operators (op nodes of the
+    graphs; `with_ops=False` leaves them out). cache: a `FeatureCache`, a folder for one, None
+    for the default folder, or False for none.
+    """
     import tvm
 
     from ago_search.database import read_jsonl
+    from cost_model.feature_cache import FeatureCache, cache_tag
     from cost_model.features import Featurizer
 
     paths = [source] if isinstance(source, str | Path) else list(source)
@@ -137,6 +165,19 @@ def load_dataset(
         side = Path(p) / "models.json" if Path(p).is_dir() else None
         if side is not None and side.exists():
             labels = {**json.loads(side.read_text()), **labels}
+    info = _task_info(paths)
+    weights = {
+        key: float(sum(value.get("weights", {}).values()))
+        for key, value in info.items()
+        if value.get("weights")
+    }
+    weights.update(task_weights or {})
+    if cache is False:
+        store = None
+    elif isinstance(cache, FeatureCache):
+        store = cache
+    else:
+        store = FeatureCache(cache)
     task_lines: dict[str, dict[str, Any]] = {}
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     seen: set[tuple[str, str]] = set()
@@ -161,13 +202,24 @@ def load_dataset(
         if task is None or not task.get("workload"):
             log.warning("task %s has no workload in the trace files: skipped", key)
             continue
-        target = target or json.dumps(task["target"], sort_keys=True)
-        if featurizer is None:
-            featurizer = Featurizer(task["target"])
+        target_text = json.dumps(task["target"], sort_keys=True)
+        target = target or target_text
         lines = records[key][:max_per_task] if max_per_task else records[key]
         workload = tvm.ir.load_json(task["workload"]["mod"])
         traces = [json.dumps(r["trace"]) for r in lines]
-        graphs = featurizer.from_traces(workload, traces)
+        hashes = [r["trace_hash"] for r in lines]
+        tag = cache_tag(target_text)
+        known = store.load(key, tag) if store is not None else {}
+        missing = [i for i, h in enumerate(hashes) if h not in known]
+        if missing:
+            if featurizer is None:
+                featurizer = Featurizer(task["target"])
+            new_parts = featurizer.parts_from_traces(workload, [traces[i] for i in missing])
+            known = {**known, **{hashes[i]: p for i, p in zip(missing, new_parts, strict=True)}}
+            if store is not None:
+                store.save(key, tag, known)
+        ops, op_edges = _ops_of(info.get(key)) if with_ops else ([], [])
+        graphs = [known[h].graph(ops, op_edges) if known[h] is not None else None for h in hashes]
         keep = [i for i, g in enumerate(graphs) if g is not None]
         if len(keep) < 2:
             continue
@@ -181,7 +233,7 @@ def load_dataset(
                 task_key=key,
                 name=task.get("name"),
                 models=models,
-                weight=float((task_weights or {}).get(key, 1.0)),
+                weight=weights.get(key, 1.0),
                 graphs=tuple(graphs[i] for i in keep),
                 latencies=np.asarray([lines[i]["median"] for i in keep], np.float64),
                 traces=tuple(traces[i] for i in keep),

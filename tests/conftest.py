@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The cost model's feature cache goes to a fresh folder per test session: tests featurise
+# for real instead of reading what an earlier run (or the user's own work) cached.
+os.environ["AGO_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="ago-search-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO_DIR = REPO / "datasets" / "zoo"

@@ -61,6 +61,9 @@ def test_collect_tiny_model(tmp_path):
     assert set(labels) == task_keys == set(info)
     assert all(models == ["tiny"] for models in labels.values())
     assert all(v["weights"]["tiny"] >= 1 and v["seeds"] for v in info.values())
+    # the group's operators, for the op nodes of the cost model's graphs
+    assert all(v["ops"] and all(op["op"] for op in v["ops"]) for v in info.values())
+    assert any(op["complex"] for v in info.values() for op in v["ops"])
     assert load_task_weights(out, "tiny").keys() == task_keys
 
     from cost_model.input_pipeline import load_dataset
@@ -68,8 +71,23 @@ def test_collect_tiny_model(tmp_path):
     dataset = load_dataset(out)
     assert dataset.tasks, "no task with two featurisable ok records"
     assert all(t.models == ("tiny",) for t in dataset.tasks)
+    for task in dataset.tasks:
+        assert task.weight == info[task.task_key]["weights"]["tiny"]
+        n_ops = len(info[task.task_key]["ops"])
+        assert all(g.n_node == g.n_store + n_ops for g in task.graphs)
 
     with TuningDatabase(db, read_only=True) as store:
         records = len(store)
     again = collect(**options)
     assert again.new_records == 0 and again.records_after == records
+
+
+def test_collect_labels_only_measures_nothing(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    onnx.save(conv_relu(batch=1), model)
+    out, db = tmp_path / "traces", tmp_path / "collect.db"
+    report = collect(models=[str(model)], db=db, out=out, seeds=("tvm",), labels_only=True)
+    assert report.stopped == "labels only" and report.tasks >= 1
+    assert not db.exists() and not (out / "collect.jsonl.gz").exists()
+    info = json.loads((out / "tasks.json").read_text())
+    assert len(info) == report.tasks and all(v["ops"] for v in info.values())

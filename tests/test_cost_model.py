@@ -183,3 +183,35 @@ def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
     fresh = GNNCostModel()
     fresh.load(str(tmp_path / "saved"))
     assert fresh.predictor.config == model.predictor.config
+
+
+def test_feature_cache_reuses_features_and_ignores_stale_files(tmp_path: Path, smoke) -> None:
+    from cost_model.feature_cache import FeatureCache
+    from cost_model.input_pipeline import load_dataset
+
+    class NoFeaturizer:
+        def parts_from_traces(self, workload, traces):
+            raise AssertionError("featurised again despite the cache")
+
+    cache = FeatureCache(tmp_path / "cache")
+    first = load_dataset(SMOKE_TRACES, cache=cache)
+    assert len(list(cache.directory.glob("*.npz"))) == len(first.tasks)
+    again = load_dataset(SMOKE_TRACES, cache=cache, featurizer=NoFeaturizer())
+    assert [t.task_key for t in again.tasks] == [t.task_key for t in first.tasks]
+    for a, b in zip(first.tasks, again.tasks, strict=True):
+        np.testing.assert_array_equal(a.latencies, b.latencies)
+        for ga, gb in zip(a.graphs, b.graphs, strict=True):
+            np.testing.assert_array_equal(ga.node_features, gb.node_features)
+            np.testing.assert_array_equal(ga.senders, gb.senders)
+            np.testing.assert_array_equal(ga.globals, gb.globals)
+    # and the same graphs as without a cache
+    plain = load_dataset(SMOKE_TRACES, cache=False)
+    np.testing.assert_array_equal(
+        plain.tasks[0].graphs[0].node_features, first.tasks[0].graphs[0].node_features
+    )
+    # a file written under another tag (feature version, TVM, target) is not trusted
+    key = first.tasks[0].task_key
+    assert cache.load(key, "v0-stale") == {}
+    with pytest.raises(AssertionError, match="featurised again"):
+        cache.save(key, "v0-stale", {})
+        load_dataset(SMOKE_TRACES, cache=cache, featurizer=NoFeaturizer())
