@@ -155,6 +155,7 @@ def load_dataset(
     import tvm
 
     from ago_search.database import read_jsonl
+    from ago_search.measure.lease import host_cpu_lease
     from cost_model.feature_cache import FeatureCache, cache_tag
     from cost_model.features import Featurizer
 
@@ -172,6 +173,7 @@ def load_dataset(
         if value.get("weights")
     }
     weights.update(task_weights or {})
+    lease = host_cpu_lease()
     if cache is False:
         store = None
     elif isinstance(cache, FeatureCache):
@@ -214,7 +216,8 @@ def load_dataset(
         if missing:
             if featurizer is None:
                 featurizer = Featurizer(task["target"])
-            new_parts = featurizer.parts_from_traces(workload, [traces[i] for i in missing])
+            with lease.shared():  # never while a measurement runs on this machine
+                new_parts = featurizer.parts_from_traces(workload, [traces[i] for i in missing])
             known = {**known, **{hashes[i]: p for i, p in zip(missing, new_parts, strict=True)}}
             if store is not None:
                 store.save(key, tag, known)

@@ -10,7 +10,9 @@ from flax import nnx
 
 from cost_model.features import GLOBAL_DIM, NODE_DIM, GraphBatch
 
-__all__ = ["MLP", "CostGNN", "MessagePassing"]
+__all__ = ["MLP", "READOUTS", "CostGNN", "MessagePassing"]
+
+READOUTS = ("pool", "additive")
 
 
 class MLP(nnx.Module):
@@ -55,12 +57,24 @@ class CostGNN(nnx.Module):
     graph together with the graph's globals, and an MLP to one number per graph."""
 
     def __init__(
-        self, hidden: int = 64, num_layers: int = 3, readout_layers: int = 2, *, rngs: nnx.Rngs
+        self,
+        hidden: int = 64,
+        num_layers: int = 3,
+        readout_layers: int = 2,
+        readout: str = "pool",
+        *,
+        rngs: nnx.Rngs,
     ) -> None:
+        if readout not in READOUTS:
+            raise ValueError(f"readout {readout!r}: choose one of {', '.join(READOUTS)}")
+        self.readout_kind = readout
         self.embed = nnx.Linear(NODE_DIM, hidden, rngs=rngs)
         self.layers = nnx.List([MessagePassing(hidden, rngs=rngs) for _ in range(num_layers)])
         sizes = (2 * hidden + GLOBAL_DIM,) + (hidden,) * (readout_layers - 1) + (1,)
         self.readout = MLP(sizes, rngs=rngs)
+        if readout == "additive":
+            node_sizes = (hidden + GLOBAL_DIM,) + (hidden,) * (readout_layers - 1) + (1,)
+            self.node_time = MLP(node_sizes, rngs=rngs)
 
     def __call__(self, batch: GraphBatch) -> jax.Array:
         """(n_graph,) predictions; padding graphs' entries are meaningless."""
@@ -72,4 +86,19 @@ class CostGNN(nnx.Module):
         total = jax.ops.segment_sum(h, batch.node_graph, num_segments=n_graph)
         count = jnp.maximum(batch.n_node, 1).astype(jnp.float32)[:, None]
         x = jnp.concatenate([total / 8.0, total / count, batch.globals], axis=-1)
-        return self.readout(x)[:, 0]
+        pooled = self.readout(x)[:, 0]
+        if self.readout_kind == "pool":
+            return pooled
+        # additive: a candidate's time is the sum of its stores' times. Each store node
+        # predicts its log time; the graph's log time is their log-sum-exp, plus the pooled
+        # readout as a correction.
+        is_store = batch.nodes[:, 0] > 0.5  # the node-kind one-hot's "store" column
+        node_in = jnp.concatenate([h, batch.globals[batch.node_graph]], axis=-1)
+        log_t = self.node_time(node_in)[:, 0]
+        log_t = jnp.where(is_store & (batch.node_mask > 0), log_t, -1e9)
+        peak = jax.ops.segment_max(log_t, batch.node_graph, num_segments=n_graph)
+        peak = jnp.where(jnp.isfinite(peak) & (peak > -1e8), peak, 0.0)
+        summed = jax.ops.segment_sum(
+            jnp.exp(log_t - peak[batch.node_graph]), batch.node_graph, num_segments=n_graph
+        )
+        return peak + jnp.log(jnp.maximum(summed, 1e-30)) + pooled

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ago_search.measure.lease import host_cpu_lease
 from cost_model.configs.default import Config
 from cost_model.features import FeatureStats, GraphBatch
 from cost_model.input_pipeline import (
@@ -52,6 +53,7 @@ def create_model(config: Config) -> CostGNN:
         config.hidden,
         config.num_layers,
         config.readout_layers,
+        config.readout,
         rngs=nnx.Rngs(config.seed),
     )
 
@@ -119,8 +121,10 @@ def evaluate(
 ) -> dict[str, float | None]:
     """Metrics of the model on an already standardised dataset, per task, task-weighted."""
     preds = []
+    lease = host_cpu_lease()
     for task in dataset.tasks:
-        y = predict_normalised(model, list(task.graphs))
+        with lease.shared():
+            y = predict_normalised(model, list(task.graphs))
         log_latency = target_stats.denormalise(y)
         preds.append(
             TaskPrediction(
@@ -162,12 +166,16 @@ def train(
     )
     history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
+    lease = host_cpu_lease()
     for step in range(1, config.num_steps + 1):
         batch: Batch = next(batches)
-        terms = train_step(
-            model, optimizer, batch.graphs, batch.y, batch.task, config.regression_weight
-        )
-        window.append({k: float(v) for k, v in terms.items()})
+        # a step at a time under the host's shared lease: a collection or tuning run on this
+        # machine never measures while training computes (float() waits for the step)
+        with lease.shared():
+            terms = train_step(
+                model, optimizer, batch.graphs, batch.y, batch.task, config.regression_weight
+            )
+            window.append({k: float(v) for k, v in terms.items()})
         if step % config.eval_every == 0 or step == config.num_steps:
             row: dict[str, Any] = {
                 "step": step,

@@ -215,3 +215,40 @@ def test_feature_cache_reuses_features_and_ignores_stale_files(tmp_path: Path, s
     with pytest.raises(AssertionError, match="featurised again"):
         cache.save(key, "v0-stale", {})
         load_dataset(SMOKE_TRACES, cache=cache, featurizer=NoFeaturizer())
+
+
+def test_xgb_baseline_on_graph_features_equals_metaschedule_on_replayed_traces(smoke) -> None:
+    """The baseline feeds XGBModel the store rows of our graphs; MetaSchedule's own path
+    (replay every trace, PerStoreFeature) must give the same model and predictions."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from cost_model.features import Featurizer, replay_trace
+    from cost_model.input_pipeline import Dataset
+    from cost_model.xgb_baseline import fit_xgb, xgb_predictions
+
+    train, test = Dataset(smoke.tasks[:4], smoke.target), Dataset(smoke.tasks[4:], smoke.target)
+    ours = [p.score for p in xgb_predictions(fit_xgb(train, seed=0), test)]
+
+    featurizer = Featurizer(json.loads(smoke.target))
+
+    def candidates(task):
+        out = []
+        for trace in task.traces:
+            sch = replay_trace(task.workload, trace)
+            args = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])
+            out.append(ms.MeasureCandidate(sch, args))
+        return out
+
+    np.random.seed(0)
+    model = ms.cost_model.XGBModel(num_warmup_samples=0, adaptive_training=True, verbose_eval=0)
+    for i, task in enumerate(train.tasks):
+        model.last_train_size = 0 if i == len(train.tasks) - 1 else 1 << 60
+        results = [
+            ms.runner.RunnerResult([tvm.tirx.FloatImm("float64", float(s))], None)
+            for s in task.latencies
+        ]
+        model.update(featurizer.context(task.workload), candidates(task), results)
+    for task, score in zip(test.tasks, ours, strict=True):
+        theirs = -np.asarray(model.predict(featurizer.context(task.workload), candidates(task)))
+        np.testing.assert_allclose(score, theirs, rtol=1e-5, atol=1e-6)

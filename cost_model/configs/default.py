@@ -15,6 +15,7 @@ class Config:
     hidden: int = 64
     num_layers: int = 3
     readout_layers: int = 2
+    readout: str = "pool"  # "pool" (sum and mean of nodes) or "additive" (sum of store times)
     # optimisation
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
