@@ -321,6 +321,12 @@ def training_batches(
     probs = sizes / sizes.sum()
     n_graph = tasks_per_batch * candidates_per_task
     replace = len(dataset.tasks) < tasks_per_batch
+    # Few padded shapes (a jitted step compiles once per shape): a floor that twice the
+    # 90th-percentile graph fills n_graph times over, so that most batches share it; rarer
+    # batches of large graphs take the next powers of two.
+    graphs_all = dataset.all_graphs()
+    floor_nodes = bucket_size(int(2 * n_graph * np.percentile([g.n_node for g in graphs_all], 90)))
+    floor_edges = bucket_size(int(2 * n_graph * np.percentile([g.n_edge for g in graphs_all], 90)))
     while True:
         chosen = rng.choice(len(dataset.tasks), tasks_per_batch, replace=replace, p=probs)
         graphs, ys, tids = [], [], []
@@ -332,6 +338,7 @@ def training_batches(
             ys.append(target_stats.normalise(task.log_latencies[idx]))
             tids += [int(tid)] * take
         n_node_pad, n_edge_pad, n_graph_pad = padded_sizes(graphs, n_graph)
+        n_node_pad, n_edge_pad = max(n_node_pad, floor_nodes), max(n_edge_pad, floor_edges)
         y = np.zeros(n_graph_pad, np.float32)
         y[: len(graphs)] = np.concatenate(ys)
         task = np.full(n_graph_pad, -1, np.int32)
@@ -345,9 +352,14 @@ def inference_batches(
     """Padded batches of `graphs` in order, with how many real graphs each holds."""
     for start in range(0, len(graphs), batch_size):
         chunk = graphs[start : start + batch_size]
-        n_graph = bucket_size(len(chunk), minimum=8)
+        # generous minimum buckets: a task's candidates or a tuning round's population
+        # (up to a few hundred small graphs) share one shape, so the model compiles once
+        n_graph = bucket_size(len(chunk), minimum=256)
         nodes, edges, _ = padded_sizes(chunk, n_graph)
-        yield pad_batch(chunk, nodes, edges, n_graph + 1), len(chunk)
+        yield (
+            pad_batch(chunk, max(nodes, 4096), max(edges, 8192), n_graph + 1),
+            len(chunk),
+        )
 
 
 def geometric_mean(values: Sequence[float]) -> float:

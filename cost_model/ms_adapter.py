@@ -114,6 +114,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 return
             n_graph = 2 * per_task
             nodes, edges, n_graph_pad = padded_sizes(graphs, n_graph)
+            # generous minimum sizes: the steps of a tuning run share one compiled shape
+            nodes, edges = max(nodes, 1024), max(edges, 4096)
             from cost_model.features import pad_batch
 
             y = np.zeros(n_graph_pad, np.float32)

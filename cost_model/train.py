@@ -66,28 +66,52 @@ def make_optimizer(model: CostGNN, learning_rate: float, weight_decay: float) ->
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def ranking_loss(pred: jax.Array, y: jax.Array, task: jax.Array) -> jax.Array:
+def ranking_loss(
+    pred: jax.Array, y: jax.Array, task: jax.Array, lambda_scale: float = 0.0
+) -> jax.Array:
     """Mean logistic loss over ordered pairs of the same task (task -1 is padding): for
-    y_i < y_j, softplus(-(pred_j - pred_i))."""
+    y_i < y_j, softplus(-(pred_j - pred_i)).
+
+    lambda_scale > 0 weighs each pair LambdaRank-style by how much swapping the two would
+    change the task's DCG under the current predictions: relevance exp(-lambda_scale x (y -
+    the task's best y)) (with y in standard deviations of log latency, the candidate's speed
+    relative to the task's best, sharpened), discount 1 / log2(1 + rank). Pairs that decide
+    the top of the ranking then count most, which is what a search that measures only its
+    top picks needs."""
     same = (task[:, None] == task[None, :]) & (task[:, None] >= 0)
     better = (y[:, None] + 1e-4 < y[None, :]) & same
     diff = pred[None, :] - pred[:, None]
     losses = jax.nn.softplus(-diff)
-    count = jnp.maximum(better.sum(), 1)
-    return jnp.where(better, losses, 0.0).sum() / count
+    if lambda_scale <= 0:
+        count = jnp.maximum(better.sum(), 1)
+        return jnp.where(better, losses, 0.0).sum() / count
+    big = jnp.float32(1e9)
+    y_best = jnp.min(jnp.where(same, y[None, :], big), axis=1)  # per row: its task's best
+    rel = jnp.exp(-lambda_scale * (y - y_best))
+    p = jax.lax.stop_gradient(pred)
+    rank = 1.0 + jnp.sum(same & (p[None, :] < p[:, None]), axis=1)
+    disc = 1.0 / jnp.log2(1.0 + rank)
+    weight = jnp.abs(rel[:, None] - rel[None, :]) * jnp.abs(disc[:, None] - disc[None, :])
+    weight = jnp.where(better, weight, 0.0)
+    return (weight * losses).sum() / jnp.maximum(weight.sum(), 1e-9)
 
 
 def loss_fn(
-    model: CostGNN, graphs: GraphBatch, y: jax.Array, task: jax.Array, regression_weight: float
+    model: CostGNN,
+    graphs: GraphBatch,
+    y: jax.Array,
+    task: jax.Array,
+    regression_weight: float,
+    lambda_scale: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     pred = model(graphs)
-    rank = ranking_loss(pred, y, task)
+    rank = ranking_loss(pred, y, task, lambda_scale)
     valid = (task >= 0).astype(jnp.float32)
     mse = ((pred - y) ** 2 * valid).sum() / jnp.maximum(valid.sum(), 1.0)
     return rank + regression_weight * mse, {"rank": rank, "mse": mse}
 
 
-@nnx.jit(static_argnums=(5,))
+@nnx.jit(static_argnums=(5, 6))
 def train_step(
     model: CostGNN,
     optimizer: nnx.Optimizer,
@@ -95,10 +119,11 @@ def train_step(
     y: jax.Array,
     task: jax.Array,
     regression_weight: float,
+    lambda_scale: float = 0.0,
 ) -> dict[str, jax.Array]:
     """One optimisation step; returns the loss terms (before the step)."""
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, aux), grads = grad_fn(model, graphs, y, task, regression_weight)
+    (loss, aux), grads = grad_fn(model, graphs, y, task, regression_weight, lambda_scale)
     optimizer.update(model, grads)
     return {"loss": loss, **aux}
 
@@ -173,7 +198,13 @@ def train(
         # machine never measures while training computes (float() waits for the step)
         with lease.shared():
             terms = train_step(
-                model, optimizer, batch.graphs, batch.y, batch.task, config.regression_weight
+                model,
+                optimizer,
+                batch.graphs,
+                batch.y,
+                batch.task,
+                config.regression_weight,
+                config.lambda_scale,
             )
             window.append({k: float(v) for k, v in terms.items()})
         if step % config.eval_every == 0 or step == config.num_steps:

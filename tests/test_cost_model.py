@@ -252,3 +252,23 @@ def test_xgb_baseline_on_graph_features_equals_metaschedule_on_replayed_traces(s
     for task, score in zip(test.tasks, ours, strict=True):
         theirs = -np.asarray(model.predict(featurizer.context(task.workload), candidates(task)))
         np.testing.assert_allclose(score, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_lambda_ranking_loss_weighs_the_top_of_the_ranking() -> None:
+    import jax.numpy as jnp
+
+    from cost_model.train import ranking_loss
+
+    y = jnp.asarray([0.0, 0.5, 1.0, 1.5, 2.0, 0.0], jnp.float32)
+    task = jnp.asarray([0, 0, 0, 0, 0, -1], jnp.int32)  # the last is padding
+    right = y * 3.0
+    top_swapped = right.at[0].set(1.6)  # the best now ranked 2nd
+    bottom_swapped = right.at[4].set(2.9)  # the worst now ranked 3rd
+    for scale in (0.0, 2.0):
+        perfect = float(ranking_loss(right, y, task, scale))
+        reversed_ = float(ranking_loss(-right, y, task, scale))
+        assert np.isfinite(perfect) and perfect < reversed_
+    # with LambdaRank weights, getting the best candidate wrong costs more than the worst
+    lam_top = float(ranking_loss(top_swapped, y, task, 2.0))
+    lam_bottom = float(ranking_loss(bottom_swapped, y, task, 2.0))
+    assert lam_top > lam_bottom

@@ -24,6 +24,8 @@ class Config:
     candidates_per_task: int = 16
     # loss = pairwise ranking within a task + regression_weight * MSE(normalised log latency)
     regression_weight: float = 0.1
+    # > 0: LambdaRank weights on the ranking pairs (train.ranking_loss), 0: plain pairwise
+    lambda_scale: float = 0.0
     # evaluation and data
     eval_every: int = 100
     seed: int = 0
