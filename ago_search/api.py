@@ -555,7 +555,8 @@ def train_cost_model(
 
 def format_cost_model_metrics(metrics: dict) -> str:
     keys = ("pairwise_accuracy", "kendall_tau", "top1_peak", "top5_peak", "mape")
-    lines = [f"held-out models: {', '.join(metrics.get('held_out_models', []))}"]
+    held = metrics.get("held_out_models") or []
+    lines = [f"held-out models: {', '.join(held) if held else 'none (trained on every model)'}"]
     lines.append(f"{'model':<6}" + "".join(f"{k:>19}" for k in keys))
     for name in ("gnn", "xgb"):
         row = metrics.get(name)

@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("traces", nargs="+", type=Path, help="trace files or folders (*.jsonl.gz)")
     train.add_argument("--out", type=Path, required=True, help="folder for the model + metrics")
     train.add_argument(
-        "--held-out-models", default=None, help="comma-separated model names kept for testing"
+        "--held-out-models",
+        default=None,
+        help="comma-separated model names kept for testing; 'none': train on every model",
     )
     train.add_argument("--device", default=None, help="only records of this device key")
     train.add_argument("--steps", type=int, default=None, help="training steps")
@@ -256,7 +258,13 @@ def main(argv: list[str] | None = None) -> int:
             metrics = api.train_cost_model(
                 args.traces,
                 args.out,
-                held_out_models=args.held_out_models.split(",") if args.held_out_models else None,
+                held_out_models=(
+                    []
+                    if args.held_out_models == "none"
+                    else args.held_out_models.split(",")
+                    if args.held_out_models
+                    else None
+                ),
                 device_key=args.device,
                 steps=args.steps,
                 compare_xgb=not args.no_xgb,

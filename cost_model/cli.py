@@ -60,15 +60,23 @@ def train_cost_model(
     if dataset is None:
         dataset = load_dataset(traces, device_key=device_key)
     load_seconds = time.perf_counter() - started
-    held_out = list(held_out_models or choose_held_out_models(dataset, seed=config.seed))
-    train_set, test_set = split_by_models(dataset, held_out)
-    if not train_set.tasks or not test_set.tasks:
-        raise ValueError(f"held-out models {held_out} leave an empty train or test set")
+    if held_out_models is not None and len(held_out_models) == 0:
+        held_out: list[str] = []  # train on everything (a model to ship); nothing to score
+        train_set, test_set = dataset, Dataset((), dataset.target)
+    else:
+        held_out = list(held_out_models or choose_held_out_models(dataset, seed=config.seed))
+        train_set, test_set = split_by_models(dataset, held_out)
+        if not train_set.tasks or not test_set.tasks:
+            raise ValueError(f"held-out models {held_out} leave an empty train or test set")
     result = train(config, train_set)
     from cost_model.input_pipeline import normalise_dataset
 
-    gnn = evaluate(
-        result.model, normalise_dataset(test_set, result.feature_stats), result.target_stats
+    gnn = (
+        evaluate(
+            result.model, normalise_dataset(test_set, result.feature_stats), result.target_stats
+        )
+        if test_set.tasks
+        else None
     )
     metrics: dict[str, Any] = {
         "held_out_models": held_out,
@@ -84,7 +92,7 @@ def train_cost_model(
         "history": result.history,
         "config": config.to_json(),
     }
-    if compare_xgb:
+    if compare_xgb and test_set.tasks:
         from cost_model.features import Featurizer
         from cost_model.metrics import evaluate_tasks
         from cost_model.xgb_baseline import fit_xgb, xgb_predictions
@@ -166,7 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train-cost-model", description=__doc__)
     parser.add_argument("traces", nargs="+", help="trace files or folders of *.jsonl.gz")
     parser.add_argument("--out", required=True, help="folder for the model and metrics.json")
-    parser.add_argument("--held-out-models", default=None, help="comma-separated model names")
+    parser.add_argument(
+        "--held-out-models",
+        default=None,
+        help="comma-separated model names; 'none' trains on every model (a model to ship)",
+    )
+    parser.add_argument("--config", default=None, help="JSON of Config fields to change")
     parser.add_argument("--device", default=None, help="only records of this device key")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--no-xgb", action="store_true", help="skip the XGB baseline")
@@ -178,9 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = Config()
+    if args.config:
+        config = config.replace(**json.loads(args.config))
     if args.steps:
         config = config.replace(num_steps=args.steps)
     held = args.held_out_models.split(",") if args.held_out_models else None
+    if args.held_out_models == "none":
+        held = []
     metrics = train_cost_model(
         args.traces, args.out, held, config, args.device, compare_xgb=not args.no_xgb
     )

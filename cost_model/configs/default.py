@@ -15,11 +15,11 @@ class Config:
     hidden: int = 64
     num_layers: int = 3
     readout_layers: int = 2
-    readout: str = "pool"  # "pool" (sum and mean of nodes) or "additive" (sum of store times)
+    readout: str = "additive"  # "pool" (sum and mean of nodes) or "additive" (sum of store times)
     # optimisation
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    num_steps: int = 400
+    num_steps: int = 1500
     tasks_per_batch: int = 4
     candidates_per_task: int = 16
     # loss = pairwise ranking within a task + regression_weight * MSE(normalised log latency)
@@ -39,6 +39,9 @@ class Config:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        # models saved before these options existed were trained without them
+        known.setdefault("readout", "pool")
+        known.setdefault("lambda_scale", 0.0)
         return cls(**known)
 
     def replace(self, **changes: Any) -> Config:
