@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_PRETRAINED", "Predictor", "load_pretrained"]
 log = logging.getLogger(__name__)
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-DEFAULT_PRETRAINED = "host-smoke"
+DEFAULT_PRETRAINED = "host-znver4"
 FORMAT = 1
 
 
