@@ -370,12 +370,13 @@ def collect(
         log.info("started the database from %s: %s records", export, imported)
     records_before = len(store)
     stopped, passes = "done", 0
+    exhausted: set[str] = set()
     last_export = time.perf_counter()
     try:
         for number, per_task in enumerate(targets, start=1):
             model_name = "random" if number == 1 else cost_model
             have = {r.key: r.trials for r in task_results(store, tasks, profile.key)}
-            todo = [t for t in tasks if have[t.key] < per_task]
+            todo = [t for t in tasks if have[t.key] < per_task and t.key not in exhausted]
             if not todo:
                 continue
             passes = number
@@ -438,9 +439,12 @@ def collect(
             if stopped != "done":
                 break
             if pass_new == 0:
-                # the searches propose only known schedules: more passes would add nothing
-                stopped = "exhausted"
-                break
+                # these tasks' searches propose only known schedules (small design spaces):
+                # later passes skip them, the other tasks go on
+                exhausted.update(t.key for t in todo)
+                log.info("pass %d: %d tasks have no new schedule to offer", number, len(todo))
+        if exhausted and len(exhausted) == len(tasks):
+            stopped = "exhausted"
         if not export.exists() or len(store) != records_before:
             store.export_jsonl(export, device_key=profile.key)
         statuses = {str(s): n for s, n in store.status_counts(device_key=profile.key).items()}
