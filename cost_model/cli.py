@@ -93,14 +93,12 @@ def train_cost_model(
         "config": config.to_json(),
     }
     if compare_xgb and test_set.tasks:
-        from cost_model.features import Featurizer
         from cost_model.metrics import evaluate_tasks
         from cost_model.xgb_baseline import fit_xgb, xgb_predictions
 
-        featurizer = Featurizer(json.loads(dataset.target)) if dataset.target else None
         t0 = time.perf_counter()
-        xgb = fit_xgb(train_set, featurizer, seed=config.seed)
-        metrics["xgb"] = evaluate_tasks(xgb_predictions(xgb, test_set, featurizer))
+        xgb = fit_xgb(train_set, seed=config.seed)
+        metrics["xgb"] = evaluate_tasks(xgb_predictions(xgb, test_set))
         metrics["xgb_seconds"] = time.perf_counter() - t0
     predictor = Predictor(
         config,
@@ -138,7 +136,6 @@ def cross_validate_models(
 
     config = config or Config()
     folds: dict[str, Any] = {}
-    featurizer = None
     for model_name in dataset.models:
         train_set, test_set = split_by_models(dataset, [model_name])
         if not train_set.tasks or not test_set.tasks:
@@ -152,14 +149,11 @@ def cross_validate_models(
             )
         }
         if compare_xgb:
-            from cost_model.features import Featurizer
             from cost_model.metrics import evaluate_tasks
             from cost_model.xgb_baseline import fit_xgb, xgb_predictions
 
-            if featurizer is None:
-                featurizer = Featurizer(json.loads(dataset.target))
-            xgb = fit_xgb(train_set, featurizer, seed=config.seed)
-            fold["xgb"] = evaluate_tasks(xgb_predictions(xgb, test_set, featurizer))
+            xgb = fit_xgb(train_set, seed=config.seed)
+            fold["xgb"] = evaluate_tasks(xgb_predictions(xgb, test_set))
         folds[model_name] = fold
         log.info("fold %s: %s", model_name, fold)
     summary: dict[str, Any] = {"folds": folds}

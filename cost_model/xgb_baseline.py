@@ -63,9 +63,8 @@ def _context(task: TaskSamples) -> Any:
     return SimpleNamespace(mod=task.workload)
 
 
-def fit_xgb(train: Dataset, featurizer: Any = None, seed: int = 0) -> Any:
-    """An `XGBModel` trained once on every task of `train`. (`featurizer` is not needed any
-    more: the graphs hold the features.)"""
+def fit_xgb(train: Dataset, seed: int = 0) -> Any:
+    """An `XGBModel` trained once on every task of `train`."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -85,7 +84,7 @@ def fit_xgb(train: Dataset, featurizer: Any = None, seed: int = 0) -> Any:
     return model
 
 
-def xgb_predictions(model: Any, test: Dataset, featurizer: Any = None) -> list[TaskPrediction]:
+def xgb_predictions(model: Any, test: Dataset) -> list[TaskPrediction]:
     """Per-task predictions of a trained `XGBModel` as `TaskPrediction`s (score = -xgb)."""
     preds = []
     for task in test.tasks:

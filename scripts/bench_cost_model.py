@@ -35,15 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
+from bench_tuning import tvm_plan_tasks  # noqa: E402
 from make_zoo import make_zoo  # noqa: E402
 
 from ago_search.bench import ORT, bench_model  # noqa: E402
 from ago_search.database import Status, TuningDatabase  # noqa: E402
 from ago_search.devices import detect_host  # noqa: E402
-from ago_search.frontend import import_onnx  # noqa: E402
-from ago_search.pipeline import prepare_model, seed_partition  # noqa: E402
-from ago_search.plan import Plan, apply_plan, compile_plan_tuned  # noqa: E402
-from ago_search.schedule import extract_tasks  # noqa: E402
+from ago_search.plan import compile_plan_tuned  # noqa: E402
 from ago_search.schedule.tune import SOURCE_UNTUNED, TuningConfig, tune_tasks  # noqa: E402
 
 log = logging.getLogger("bench_cost_model")
@@ -107,13 +105,7 @@ def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> di
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     target = host.tvm_target()
-    shapes = {k: tuple(v) for k, v in entry["inputs"].items()}
-    imported = import_onnx(entry["path"], shapes)
-    prepared = prepare_model(imported, target)
-    seed = seed_partition(prepared, "tvm")
-    plan = Plan.from_assignment(prepared.graph, seed.partition.assignment())
-    fused = apply_plan(prepared.legalized, prepared.graph, plan, target)
-    tasks = extract_tasks(fused, target, plan, prepared.graph)
+    imported, prepared, plan, tasks = tvm_plan_tasks(entry, target)
     budget = args.trials_per_task * len(tasks)
     log.info("%s: %d tasks, budget %d trials", name, len(tasks), budget)
 

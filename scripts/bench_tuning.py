@@ -108,19 +108,24 @@ def _snapshot(source: Path, target: Path) -> None:
         copy.merge_from(source)
 
 
-def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> dict:
-    work: Path = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    state_path = work / f"{name}.state.json"
-    state = _load_state(state_path)
-    target = host.tvm_target()
+def tvm_plan_tasks(entry: dict, target: Any) -> tuple[Any, Any, Plan, list]:
+    """(imported, prepared, plan, tasks) of a zoo entry under TVM's default fusion."""
     shapes = {k: tuple(v) for k, v in entry["inputs"].items()}
     imported = import_onnx(entry["path"], shapes)
     prepared = prepare_model(imported, target)
     seed = seed_partition(prepared, "tvm")
     plan = Plan.from_assignment(prepared.graph, seed.partition.assignment())
     fused = apply_plan(prepared.legalized, prepared.graph, plan, target)
-    tasks = extract_tasks(fused, target, plan, prepared.graph)
+    return imported, prepared, plan, extract_tasks(fused, target, plan, prepared.graph)
+
+
+def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> dict:
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / f"{name}.state.json"
+    state = _load_state(state_path)
+    target = host.tvm_target()
+    imported, prepared, plan, tasks = tvm_plan_tasks(entry, target)
     n = len(tasks)
     log.info("%s: %d tasks from %d groups", name, n, len(plan.groups))
 
