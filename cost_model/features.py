@@ -15,7 +15,11 @@ One candidate (a task's workload with one schedule trace applied) becomes a `Can
 MetaSchedule's per-store features are already log-scaled where they count (`slog(x) =
 sign(x) log2(1 + |x|)`, largest about 40 on real workloads), the rest are one-hots and ratios;
 the op attributes are raw counts, so they are `log1p`-ed here. `FeatureStats` then
-standardises every column with the training set's mean and standard deviation.
+standardises every column with the training set's mean and standard deviation and squashes
+the result softly into (-squash, squash) (`squash * tanh(z / squash)`): a column that is
+nearly constant in training (standard deviation 0.01) gives z-scores in the hundreds on
+another model's graphs, and the model extrapolated from them; held out on 3 models, squash 4
+raised top-1 peak from 0.579 to 0.640.
 
 `pad_batch` packs graphs into one `GraphBatch` of fixed sizes (jraph's padding convention:
 the last graph is a padding graph that owns every padding node and edge), so that a jitted
@@ -153,12 +157,15 @@ class GraphBatch(NamedTuple):
 
 @dataclass(frozen=True)
 class FeatureStats:
-    """Per-column standardisation of node features and globals (fit on training graphs)."""
+    """Per-column standardisation of node features and globals (fit on training graphs),
+    then `squash * tanh(z / squash)` on every column but the node-kind one-hots (squash 0:
+    none, as in models saved before it existed)."""
 
     node_mean: np.ndarray
     node_std: np.ndarray
     global_mean: np.ndarray
     global_std: np.ndarray
+    squash: float = 0.0
 
     @classmethod
     def identity(cls) -> FeatureStats:
@@ -170,7 +177,7 @@ class FeatureStats:
         )
 
     @classmethod
-    def fit(cls, graphs: Sequence[CandidateGraph]) -> FeatureStats:
+    def fit(cls, graphs: Sequence[CandidateGraph], squash: float = 0.0) -> FeatureStats:
         nodes = np.concatenate([g.node_features for g in graphs]).astype(np.float64)
         glob = np.stack([g.globals for g in graphs]).astype(np.float64)
 
@@ -186,25 +193,39 @@ class FeatureStats:
             node_std.astype(np.float32),
             glob.mean(axis=0).astype(np.float32),
             _std(glob).astype(np.float32),
+            float(squash),
         )
 
     def apply(self, graph: CandidateGraph) -> CandidateGraph:
+        nodes = (graph.node_features - self.node_mean) / self.node_std
+        glob = (graph.globals - self.global_mean) / self.global_std
+        if self.squash > 0:
+            c = self.squash
+            nodes[:, 2:] = c * np.tanh(nodes[:, 2:] / c)
+            glob = c * np.tanh(glob / c)
         return CandidateGraph(
-            node_features=((graph.node_features - self.node_mean) / self.node_std).astype(
-                np.float32
-            ),
+            node_features=nodes.astype(np.float32),
             senders=graph.senders,
             receivers=graph.receivers,
-            globals=((graph.globals - self.global_mean) / self.global_std).astype(np.float32),
+            globals=glob.astype(np.float32),
             n_store=graph.n_store,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {k: [float(v) for v in getattr(self, k)] for k in self.__dataclass_fields__}
+        out: dict[str, Any] = {
+            k: [float(v) for v in getattr(self, k)]
+            for k in self.__dataclass_fields__
+            if k != "squash"
+        }
+        out["squash"] = self.squash
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FeatureStats:
-        return cls(**{k: np.asarray(data[k], np.float32) for k in cls.__dataclass_fields__})
+        arrays = {
+            k: np.asarray(data[k], np.float32) for k in cls.__dataclass_fields__ if k != "squash"
+        }
+        return cls(**arrays, squash=float(data.get("squash", 0.0)))
 
 
 # ------------------------------------------------------------------------ graphs

@@ -176,7 +176,7 @@ def train(
 ) -> TrainResult:
     """Fit a fresh model on `train_set` (raw graphs; the standardisation is fit here)."""
     started = time.perf_counter()
-    feature_stats = FeatureStats.fit(train_set.all_graphs())
+    feature_stats = FeatureStats.fit(train_set.all_graphs(), config.feature_squash)
     target_stats = TargetStats.fit(train_set)
     train_norm = normalise_dataset(train_set, feature_stats)
     eval_norm = normalise_dataset(eval_set, feature_stats) if eval_set is not None else None

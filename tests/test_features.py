@@ -3,6 +3,8 @@ consumer, op nodes join when given, padding keeps graphs apart and changes no pr
 
 from __future__ import annotations
 
+import dataclasses
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -179,3 +181,25 @@ def test_feature_stats_standardise_and_round_trip() -> None:
     assert FeatureStats.identity().apply(graphs[0]).node_features.tolist() == (
         graphs[0].node_features.tolist()
     )
+
+
+def test_feature_squash_bounds_outliers_keeps_order_and_round_trips() -> None:
+    rng = np.random.default_rng(3)
+    graphs = [_random_graph(rng, 4, 3) for _ in range(20)]
+    plain, squashed = FeatureStats.fit(graphs), FeatureStats.fit(graphs, squash=4.0)
+    # a held-out graph far outside the training range (a nearly constant column's jump)
+    far = dataclasses.replace(graphs[0], node_features=graphs[0].node_features * 1000.0)
+    z, s = plain.apply(far).node_features, squashed.apply(far).node_features
+    assert np.abs(z[:, 2:]).max() > 100
+    assert np.abs(s[:, 2:]).max() <= 4.0
+    np.testing.assert_array_equal(s[:, :2], z[:, :2])  # the node-kind one-hots stay
+    # monotone: in-range values keep their order, far ones saturate towards +-4
+    zs = np.concatenate([plain.apply(g).node_features[:, 2:] for g in (graphs[1], far)]).ravel()
+    ss = np.concatenate([squashed.apply(g).node_features[:, 2:] for g in (graphs[1], far)])
+    assert np.all(np.diff(ss.ravel()[np.argsort(zs)]) >= 0)
+    assert np.abs(squashed.apply(far).globals).max() <= 4.0
+    again = FeatureStats.from_json(squashed.to_json())
+    assert again.squash == 4.0
+    np.testing.assert_allclose(again.apply(far).node_features, s)
+    legacy = {k: v for k, v in squashed.to_json().items() if k != "squash"}
+    assert FeatureStats.from_json(legacy).squash == 0.0

@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ago_search._lazy import lazy_getattr
 from ago_search.database.records import (
     MS_FAILURE_SECONDS,
     Record,
@@ -48,10 +46,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -15,9 +15,7 @@ The tuning names are imported on first use (they load MetaSchedule's search and 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ago_search._lazy import lazy_getattr
 from ago_search.schedule.tasks import (
     Task,
     count_complex_blocks,
@@ -55,10 +53,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -26,6 +26,8 @@ class Config:
     regression_weight: float = 0.1
     # > 0: LambdaRank weights on the ranking pairs (train.ranking_loss), 0: plain pairwise
     lambda_scale: float = 0.0
+    # features: standardised columns squashed into (-feature_squash, feature_squash), 0: off
+    feature_squash: float = 4.0
     # evaluation and data
     eval_every: int = 100
     seed: int = 0
@@ -42,6 +44,7 @@ class Config:
         # models saved before these options existed were trained without them
         known.setdefault("readout", "pool")
         known.setdefault("lambda_scale", 0.0)
+        known.setdefault("feature_squash", 0.0)
         return cls(**known)
 
     def replace(self, **changes: Any) -> Config:
