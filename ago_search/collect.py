@@ -25,6 +25,7 @@ same arguments measures only what is missing, and a finished one measures nothin
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -331,18 +332,21 @@ def collect(
     if not entries:
         raise AgoSearchError("no tasks: none of the models could be partitioned")
     _write_labels(out, entries)
+    collect_report = functools.partial(
+        CollectReport,
+        device_key=profile.key,
+        database=str(db),
+        export=str(export),
+        models=tuple(s.name for s in sources),
+        seeds=tuple(seeds),
+        tasks=len(entries),
+        multi_complex_tasks=sum(1 for e in entries.values() if e.task.complex_ops > 1),
+        tasks_per_seed=per_seed,
+        failed=tuple(failed),
+    )
     if labels_only:
         log.info("labels of %d tasks written to %s", len(entries), out)
-        return CollectReport(
-            device_key=profile.key,
-            database=str(db),
-            export=str(export),
-            models=tuple(s.name for s in sources),
-            seeds=tuple(seeds),
-            tasks=len(entries),
-            multi_complex_tasks=sum(1 for e in entries.values() if e.task.complex_ops > 1),
-            tasks_per_seed=per_seed,
-            failed=tuple(failed),
+        return collect_report(
             passes=0,
             trials_per_task=trials_per_task,
             records_before=0,
@@ -451,16 +455,7 @@ def collect(
         records_after = len(store)
     finally:
         store.close()
-    return CollectReport(
-        device_key=profile.key,
-        database=str(db),
-        export=str(export),
-        models=tuple(s.name for s in sources),
-        seeds=tuple(seeds),
-        tasks=len(tasks),
-        multi_complex_tasks=sum(1 for t in tasks if t.complex_ops > 1),
-        tasks_per_seed=per_seed,
-        failed=tuple(failed),
+    return collect_report(
         passes=passes,
         trials_per_task=trials_per_task,
         records_before=records_before,

@@ -35,13 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
-from bench_tuning import tvm_plan_tasks  # noqa: E402
+from bench_tuning import compile_from_db, tvm_plan_tasks  # noqa: E402
 from make_zoo import make_zoo  # noqa: E402
 
 from ago_search.bench import ORT, bench_model  # noqa: E402
 from ago_search.database import Status, TuningDatabase  # noqa: E402
 from ago_search.devices import detect_host  # noqa: E402
-from ago_search.plan import compile_plan_tuned  # noqa: E402
 from ago_search.schedule.tune import SOURCE_UNTUNED, TuningConfig, tune_tasks  # noqa: E402
 
 log = logging.getLogger("bench_cost_model")
@@ -123,13 +122,7 @@ def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> di
         report = tune_tasks(tasks, host, db, config)
         with TuningDatabase(db, read_only=True) as store:
             curve = progress(store, tasks, host.key)
-            tuned = compile_plan_tuned(
-                prepared.legalized,
-                prepared.graph,
-                plan,
-                target,
-                store.metaschedule(host.key, target),
-            )
+        tuned = compile_from_db(prepared, plan, target, db, host.key)
         builds[cost_model] = tuned.executable
         rows[cost_model] = {
             "trials": curve[-1][0] if curve else 0,

@@ -119,6 +119,18 @@ def tvm_plan_tasks(entry: dict, target: Any) -> tuple[Any, Any, Plan, list]:
     return imported, prepared, plan, extract_tasks(fused, target, plan, prepared.graph)
 
 
+def compile_from_db(prepared: Any, plan: Plan, target: Any, db: Path, device_key: str) -> Any:
+    """`plan` compiled with the best records of `db` for `device_key` (a TunedBuild)."""
+    with TuningDatabase(db, read_only=True) as store:
+        return compile_plan_tuned(
+            prepared.legalized,
+            prepared.graph,
+            plan,
+            target,
+            store.metaschedule(device_key, target),
+        )
+
+
 def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> dict:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -175,14 +187,7 @@ def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> di
     if gradient is not None:
         runs.append(("metaschedule-small", ms_db))
     for label, db in runs:
-        with TuningDatabase(db, read_only=True) as store:
-            tuned = compile_plan_tuned(
-                prepared.legalized,
-                prepared.graph,
-                plan,
-                target,
-                store.metaschedule(host.key, target),
-            )
+        tuned = compile_from_db(prepared, plan, target, db, host.key)
         builds[label] = tuned.executable
         applied[label] = {"scheduled": len(tuned.scheduled), "untuned": list(tuned.untuned)}
     compile_s = time.perf_counter() - started

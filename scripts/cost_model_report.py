@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
+
+from readme_table import replace_table  # noqa: E402
 
 from cost_model.configs.default import Config  # noqa: E402
 from cost_model.input_pipeline import (  # noqa: E402
@@ -219,12 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.readme:
-        text = args.readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{args.readme}: no {START} ... {END} markers")
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        args.readme.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        replace_table(args.readme, START, END, table)
     return 0
 
 

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from make_zoo import ZOO_MODELS, make_zoo  # noqa: E402
+from readme_table import replace_table  # noqa: E402
 
 from ago_search import api  # noqa: E402
 from ago_search.devices import host_target  # noqa: E402
@@ -88,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"rows": rows, "l2_bytes": host_cache_bytes()}, indent=2) + "\n"
     )
     if args.readme:
-        text = args.readme.read_text()
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        args.readme.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        replace_table(args.readme, START, END, table)
     return 0
 
 

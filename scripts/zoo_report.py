@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from make_zoo import ZOO_MODELS, make_zoo  # noqa: E402
+from readme_table import replace_table  # noqa: E402
 
 from ago_search import api  # noqa: E402
 from ago_search.bench import bench_model  # noqa: E402
@@ -125,13 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows, "command": " ".join(sys.argv)}, indent=2) + "\n")
     if args.readme:
-        text = args.readme.read_text()
-        if START not in text or END not in text:
-            print(f"{args.readme} has no {START} ... {END} markers", file=sys.stderr)
-            return 1
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        args.readme.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        replace_table(args.readme, START, END, table)
     return 0 if all(r["verified"] for r in rows) else 3
 
 
