@@ -598,3 +598,18 @@ def format_collect(report) -> str:
     from ago_search.collect import format_collect as fmt
 
     return fmt(report)
+
+
+def remeasure(db: str | Path, device: str = "host", **options: Any):
+    """Time the ok records of a tuning database again on this machine and replace their
+    labels (`ago_search.remeasure.remeasure`); a `RemeasureReport`."""
+    from ago_search.remeasure import remeasure as run
+
+    return run(db, device=device, **options)
+
+
+def format_remeasure(report) -> str:
+    """The summary `ago-search remeasure` prints."""
+    from ago_search.remeasure import format_remeasure as fmt
+
+    return fmt(report)

@@ -193,6 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="only (re)write models.json and tasks.json beside the export; measure nothing",
     )
     collect.add_argument("--json", type=Path, help="write the summary as JSON here")
+
+    again = sub.add_parser(
+        "remeasure",
+        help="time the ok records of a tuning database again and replace their labels",
+    )
+    again.add_argument("db", type=Path, help="the tuning database (SQLite file)")
+    again.add_argument("--device", default="host", help="'host' or a local device profile")
+    again.add_argument(
+        "--from",
+        dest="sources",
+        type=Path,
+        action="append",
+        default=None,
+        help="trace files or folders to import into DB first (repeatable)",
+    )
+    again.add_argument(
+        "--per-task", type=int, default=None, help="at most this many records of each task"
+    )
+    again.add_argument("--rounds", type=int, default=2, help="interleaved timings per record")
+    again.add_argument(
+        "--hours", type=float, default=None, help="time budget: no new task after this"
+    )
+    again.add_argument("--seed", type=int, default=0, help="task order and per-task samples")
+    again.add_argument(
+        "--export", type=Path, default=None, help="write the re-measured records here (.jsonl.gz)"
+    )
+    again.add_argument("--json", type=Path, help="write the summary as JSON here")
     return parser
 
 
@@ -292,6 +319,22 @@ def main(argv: list[str] | None = None) -> int:
                 labels_only=args.labels_only,
             )
             print(api.format_collect(report))
+            if args.json:
+                api.write_json(report.to_json(), args.json)
+                print(f"\nwritten: {args.json}")
+        elif args.command == "remeasure":
+            logging.getLogger("ago_search.remeasure").setLevel(min(level, logging.INFO))
+            report = api.remeasure(
+                args.db,
+                device=args.device,
+                per_task=args.per_task,
+                rounds=args.rounds,
+                hours=args.hours,
+                seed=args.seed,
+                sources=args.sources,
+                export=args.export,
+            )
+            print(api.format_remeasure(report))
             if args.json:
                 api.write_json(report.to_json(), args.json)
                 print(f"\nwritten: {args.json}")

@@ -135,6 +135,13 @@ def _ops_of(info: Mapping[str, Any] | None) -> tuple[list[OpInfo], list[tuple[in
     return ops, edges
 
 
+def _label_rank(line: Mapping[str, Any]) -> float | None:
+    """When a record's label was re-measured (its measured_at), None if never."""
+    if "remeasured" not in (line.get("extra") or {}):
+        return None
+    return float(line.get("measured_at") or 0.0)
+
+
 def load_dataset(
     source: str | Path | Sequence[str | Path],
     device_key: str | None = None,
@@ -181,8 +188,10 @@ def load_dataset(
     else:
         store = FeatureCache(cache)
     task_lines: dict[str, dict[str, Any]] = {}
-    records: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
+    # one label per schedule: a re-measured record (`ago_search.remeasure`) over one that is
+    # not, the latest re-measurement over older ones, else the first file's
+    chosen: dict[tuple[str, str], dict[str, Any]] = {}
+    dropped: set[tuple[str, str]] = set()
     for file in files:
         for line in read_jsonl(file):
             if line["kind"] == "task":
@@ -190,13 +199,19 @@ def load_dataset(
             elif line["kind"] == "record":
                 if device_key is not None and line["device_key"] != device_key:
                     continue
-                if line["status"] != "ok" or not line.get("median"):
-                    continue
                 ident = (line["task_key"], line["trace_hash"])
-                if ident in seen:
+                rank = _label_rank(line)
+                if line["status"] != "ok" or not line.get("median"):
+                    if rank is not None:  # re-measured as wrong: never a label again
+                        dropped.add(ident)
                     continue
-                seen.add(ident)
-                records[line["task_key"]].append(line)
+                held = chosen.get(ident)
+                if held is None or (rank is not None and rank > (_label_rank(held) or -1.0)):
+                    chosen[ident] = line
+    records: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for ident, line in chosen.items():
+        if ident not in dropped:
+            records[ident[0]].append(line)
     tasks = []
     target = None
     for key in sorted(records):

@@ -34,7 +34,7 @@ from ago_search.measure import (
 )
 from ago_search.measure.builders import LocalBuilder, RayBuilder, compile_candidate
 from ago_search.measure.intrinsics import register_cpu_tensor_intrinsics
-from ago_search.measure.runners import Measurement, SubprocessRunner
+from ago_search.measure.runners import MIN_CPU_SHARE, Measurement, SubprocessRunner
 from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError, WorkerTimeout
 
 # Short enough for tests, long enough to give real times: 3 repeats of >= 5 ms.
@@ -214,6 +214,78 @@ def test_runner_survives_crash_and_hang(runner, kernels):
         runner.timeout_sec = 20.0
     assert not hung.ok and "timeout" in hung.error
     assert runner.measure(kernels["good"], MATMUL_ARGS).ok
+
+
+LEAK_SCRIPT = textwrap.dedent(
+    """
+    import os, numpy as np, tvm
+    from tvm.script import tirx as T
+    from ago_search.measure.runners import _run_on_dirty_memory
+
+    @T.prim_func
+    def add(a: T.handle, b: T.handle):
+        T.func_attr({"global_symbol": "main"})
+        A = T.match_buffer(a, (1 << 20,), "float32")
+        B = T.match_buffer(b, (1 << 20,), "float32")
+        for i in T.parallel(1 << 20):
+            B[i] = A[i] + T.float32(1)
+
+    f = tvm.tirx.build(tvm.IRModule({"main": add}), target="llvm")
+    dev = tvm.cpu()
+    a = tvm.runtime.tensor(np.zeros(1 << 20, "float32"), dev)
+    b = tvm.runtime.empty((1 << 20,), "float32", dev)
+    before = len(os.listdir("/proc/self/task"))
+    for _ in range(10):
+        _run_on_dirty_memory(f, [a, b], dev)
+    after = len(os.listdir("/proc/self/task"))
+    f(a, b)
+    pool = int(tvm.get_global_func("runtime.NumThreads")())
+    print(before, after, pool, bool((b.numpy() == 1).all()))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_checked_runs_leave_no_threads_behind(tmp_path):
+    """A checked run of a parallel kernel in a new thread used to leave TVM pool threads
+    spinning for good (one pool per calling thread, never torn down): ten checks, ten more
+    threads, each taking CPU from every later timing. Now none is left, and the process's
+    own pool still gets its configured size."""
+    env = {**os.environ, "TVM_NUM_THREADS": "2", "TVM_BIND_THREADS": "0"}
+    script = tmp_path / "checks.py"  # TVMScript reads the function's source from its file
+    script.write_text(LEAK_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after, pool, right = done.stdout.split()[-4:]
+    assert int(after) == int(before), (before, after)
+    assert int(pool) == 2 and right == "True"
+
+
+def test_runner_repeats_timings_other_processes_disturb(host, kernels):
+    """With twice as many busy processes as cores, the worker has its core well under
+    MIN_CPU_SHARE of the time: the runner sees it, times again, and says it stayed disturbed."""
+    runner = SubprocessRunner(host, protocol=FAST, timeout_sec=20, contention_retries=1)
+    try:
+        quiet = runner.measure(kernels["good"], MATMUL_ARGS)  # also starts the worker
+        assert quiet.ok and quiet.cpu_share is not None and 0 < quiet.cpu_share <= 1
+        hogs = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(2 * len(os.sched_getaffinity(0)))
+        ]
+        try:
+            time.sleep(0.5)
+            busy = runner.measure(kernels["good"], MATMUL_ARGS)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+    finally:
+        runner.close()
+    assert busy.ok, busy.error
+    assert busy.cpu_share < MIN_CPU_SHARE
+    assert busy.attempts == 2 and runner.disturbed == 1
 
 
 class MatmulCheck:

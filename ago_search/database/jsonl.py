@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -47,8 +47,10 @@ def export_jsonl(
     path: str | os.PathLike[str],
     device_key: str | None = None,
     compress: bool = True,
+    where: Callable[[Record], bool] | None = None,
 ) -> int:
-    """Write the records of `db` (of one device, or all) to `path`; how many were written.
+    """Write the records of `db` (of one device, or all; those `where` accepts, if given) to
+    `path`; how many were written.
 
     The file appears complete or not at all (written beside, then renamed).
     """
@@ -73,6 +75,8 @@ def export_jsonl(
             out.write(_dumps(header) + "\n")
             for task in db.tasks(device_key):
                 records = db.records(task.task_key, device_key)
+                if where is not None:
+                    records = [r for r in records if where(r)]
                 if not records:
                     continue
                 mod = db.workload(task.task_key)

@@ -37,7 +37,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -583,11 +583,13 @@ class TuningDatabase:
         path: str | os.PathLike[str],
         device_key: str | None = None,
         compress: bool = True,
+        where: Callable[[Record], bool] | None = None,
     ) -> int:
-        """Write records (of one device, or all) as a datasets/ trace file; how many."""
+        """Write records (of one device, or all; those `where` accepts, if given) as a
+        datasets/ trace file; how many."""
         from ago_search.database.jsonl import export_jsonl
 
-        return export_jsonl(self, path, device_key=device_key, compress=compress)
+        return export_jsonl(self, path, device_key=device_key, compress=compress, where=where)
 
     def import_jsonl(self, path: str | os.PathLike[str]) -> int:
         """Add the tasks and records of a datasets/ trace file; how many records were new."""
