@@ -542,15 +542,25 @@ def train_cost_model(
     device_key: str | None = None,
     steps: int | None = None,
     compare_xgb: bool = True,
+    remeasured_only: bool = False,
 ) -> dict:
-    """Train the GNN cost model on trace files; metrics on held-out models (and XGB's)."""
+    """Train the GNN cost model on trace files; metrics on held-out models (and XGB's).
+    remeasured_only: only schedules whose label `ago-search remeasure` made."""
     from cost_model.cli import train_cost_model as train
     from cost_model.configs.default import Config
 
     config = Config()
     if steps:
         config = config.replace(num_steps=steps)
-    return train(traces, out, held_out_models, config, device_key, compare_xgb=compare_xgb)
+    return train(
+        traces,
+        out,
+        held_out_models,
+        config,
+        device_key,
+        compare_xgb=compare_xgb,
+        remeasured_only=remeasured_only,
+    )
 
 
 def format_cost_model_metrics(metrics: dict) -> str:

@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="only records of this device key")
     train.add_argument("--steps", type=int, default=None, help="training steps")
     train.add_argument("--no-xgb", action="store_true", help="skip the XGB baseline")
+    train.add_argument(
+        "--remeasured-only",
+        action="store_true",
+        help="only schedules whose label `ago-search remeasure` made",
+    )
 
     collect = sub.add_parser(
         "collect",
@@ -295,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 device_key=args.device,
                 steps=args.steps,
                 compare_xgb=not args.no_xgb,
+                remeasured_only=args.remeasured_only,
             )
             print(api.format_cost_model_metrics(metrics))
             print(f"\nwritten: {args.out}")

@@ -49,6 +49,7 @@ def train_cost_model(
     compare_xgb: bool = True,
     info: dict[str, Any] | None = None,
     dataset: Dataset | None = None,
+    remeasured_only: bool = False,
 ) -> dict[str, Any]:
     """Train on every model but the held-out ones, evaluate on those, save to `out_dir`
     (`model.json`, `params.npz`, `metrics.json`); returns the metrics."""
@@ -58,7 +59,7 @@ def train_cost_model(
     config = config or Config()
     started = time.perf_counter()
     if dataset is None:
-        dataset = load_dataset(traces, device_key=device_key)
+        dataset = load_dataset(traces, device_key=device_key, remeasured_only=remeasured_only)
     load_seconds = time.perf_counter() - started
     if held_out_models is not None and len(held_out_models) == 0:
         held_out: list[str] = []  # train on everything (a model to ship); nothing to score
@@ -178,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--no-xgb", action="store_true", help="skip the XGB baseline")
     parser.add_argument(
+        "--remeasured-only",
+        action="store_true",
+        help="only schedules whose label `ago-search remeasure` made",
+    )
+    parser.add_argument(
         "--cross-validate",
         action="store_true",
         help="also run leave-one-model-out folds (one training per model) into metrics.json",
@@ -193,10 +199,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.held_out_models == "none":
         held = []
     metrics = train_cost_model(
-        args.traces, args.out, held, config, args.device, compare_xgb=not args.no_xgb
+        args.traces,
+        args.out,
+        held,
+        config,
+        args.device,
+        compare_xgb=not args.no_xgb,
+        remeasured_only=args.remeasured_only,
     )
     if args.cross_validate:
-        dataset = load_dataset(args.traces, device_key=args.device)
+        dataset = load_dataset(
+            args.traces, device_key=args.device, remeasured_only=args.remeasured_only
+        )
         metrics["leave_one_model_out"] = cross_validate_models(dataset, config, not args.no_xgb)
         (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
     summary = {k: metrics[k] for k in ("held_out_models", "gnn") if k in metrics}

@@ -151,8 +151,14 @@ def load_dataset(
     featurizer: Any = None,
     cache: Any = None,
     with_ops: bool = True,
+    remeasured_only: bool = False,
 ) -> Dataset:
     """Trace files (or folders of them) as a `Dataset` of featurised ok records.
+
+    A schedule found in several records gets one label: a re-measured one
+    (`ago-search remeasure`) over any other, else the first file's. remeasured_only: keep only
+    schedules with a re-measured label (labels of traces timed on a busy machine, or before
+    the measurement fix of 2026-11-21, are noisy: README, "Cost model").
 
     Beside a folder, `models.json` labels tasks with models and `tasks.json` gives each task's
     weight (its calls per inference, summed over its models) and operators (op nodes of the
@@ -210,8 +216,9 @@ def load_dataset(
                     chosen[ident] = line
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ident, line in chosen.items():
-        if ident not in dropped:
-            records[ident[0]].append(line)
+        if ident in dropped or (remeasured_only and _label_rank(line) is None):
+            continue
+        records[ident[0]].append(line)
     tasks = []
     target = None
     for key in sorted(records):

@@ -1,11 +1,18 @@
 """The GNN as a MetaSchedule cost model (`PyCostModel`), so loop search inside a group is
 guided by the same model as plan search across groups.
 
-`predict` returns MetaSchedule's convention, higher is better: exp(min(pred) - pred) of the
-predicted log latencies, in (0, 1] like XGBModel's normalised throughput. `update` keeps the
-measured candidates (ok results only) and fine-tunes the model for a few steps on batches
-drawn from what it has seen. `make_cost_model("gnn" | "xgb" | "random")` is what a
-`--cost-model` option maps to.
+`predict` returns MetaSchedule's convention, higher is better, in (0, 1] like XGBModel's
+normalised throughput. `update` keeps the measured candidates (ok results only) and fine-tunes
+the model for a few steps on batches drawn from what it has seen.
+
+The pretrained GNN knows schedules in general; what a tuning run measures says how this
+task's schedules behave on this device. So beside the GNN an online XGBoost model (MetaSchedule's
+`XGBModel`) learns from every measurement of the run, and `predict` blends the two per task:
+standardised scores (GNN: minus predicted log latency; XGB: log of its normalised throughput),
+the XGB's weighted n / (n + blend_trials) after n ok measurements of the task. With nothing
+measured yet the ranking is the GNN's alone; after many measurements it is mostly the task's own
+model's. `blend_trials=None` turns the blend off (the GNN with its fine-tuning only).
+`make_cost_model("gnn" | "xgb" | "random")` is what a `--cost-model` option maps to.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ _FAILED = 1e9  # seconds at or above which a result is a failure (MetaSchedule u
 @derived_object
 class GNNCostModel(ms.cost_model.PyCostModel):
     """predictor: a trained `Predictor` (default: the shipped pretrained one).
-    online_steps: fine-tuning steps per `update` (0: never learn online)."""
+    online_steps: fine-tuning steps per `update` (0: never fine-tune online).
+    blend_trials: ok measurements of a task at which the online XGB's ranking weighs as much
+    as the GNN's (None: no online XGB)."""
 
     def __init__(
         self,
@@ -41,8 +50,12 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         learning_rate: float | None = None,
         max_buffer: int = 4096,
         seed: int = 0,
+        blend_trials: float | None = 32.0,
+        num_tuning_cores: int | None = None,
     ) -> None:
         super().__init__()
+        if blend_trials is not None and blend_trials <= 0:
+            raise ValueError(f"blend_trials must be > 0 or None, got {blend_trials}")
         self.predictor = predictor if predictor is not None else load_pretrained()
         config = self.predictor.config
         self.online_steps = config.online_steps if online_steps is None else online_steps
@@ -54,6 +67,14 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         # task (structural hash of the workload) -> [(graph standardised, normalised y)]
         self._seen: dict[int, list[tuple[CandidateGraph, float]]] = {}
         self.calls = {"predict": 0, "update": 0}  # how often MetaSchedule asked: for logs
+        self.blend_trials = blend_trials
+        self._measured: dict[int, int] = {}  # task -> ok measurements seen
+        self._xgb: Any = None
+        if blend_trials is not None:
+            from ago_search.devices import host_num_cores
+
+            cores = num_tuning_cores or host_num_cores()
+            self._xgb = ms.cost_model.XGBModel(num_tuning_cores=cores)
 
     def _features(self, context: Any, candidates: list) -> list[CandidateGraph]:
         if self._featurizer is None:
@@ -65,7 +86,23 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         if not candidates:
             return np.zeros(0, np.float64)
         pred = self.predictor.predict(self._features(context, candidates))
-        return np.exp(pred.min() - pred).astype(np.float64)
+        score = -np.asarray(pred, np.float64)  # higher is better, log scale
+        weight = self.xgb_weight(context)
+        if weight > 0 and len(candidates) > 1:
+            # the Python object behind the FFI one; its predict takes the candidates as they are
+            throughput = np.asarray(self._xgb._inst.predict(context, candidates), np.float64)
+            xgb = np.log(np.clip(throughput, 1e-9, None))
+            score = (1 - weight) * _standardised(score) + weight * _standardised(xgb)
+        return np.exp(score - score.max()).astype(np.float64)
+
+    def xgb_weight(self, context: Any) -> float:
+        """The online XGB's share of the ranking for this task now (0 without measurements)."""
+        import tvm_ffi
+
+        if self._xgb is None:
+            return 0.0
+        n = self._measured.get(int(tvm_ffi.structural_hash(context.mod)), 0)
+        return n / (n + self.blend_trials) if n else 0.0
 
     def update(self, context: Any, candidates: list, results: list) -> None:
         import tvm_ffi
@@ -76,11 +113,14 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             secs = [float(s) for s in (result.run_secs or [])]
             if result.error_msg is None and secs and max(secs) < _FAILED:
                 ok.append((i, float(np.median(secs))))
+        key = int(tvm_ffi.structural_hash(context.mod))
+        if self._xgb is not None and candidates:
+            self._xgb._inst.update(context, candidates, results)
+            self._measured[key] = self._measured.get(key, 0) + len(ok)
         if not ok or self.online_steps <= 0:
             return
         graphs = self._features(context, [candidates[i] for i, _ in ok])
         stats, target = self.predictor.feature_stats, self.predictor.target_stats
-        key = int(tvm_ffi.structural_hash(context.mod))
         seen = self._seen.setdefault(key, [])
         for graph, (_, secs) in zip(graphs, ok, strict=True):
             seen.append((stats.apply(graph), float(target.normalise(np.log(secs)))))
@@ -135,6 +175,11 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     def load(self, path: str) -> None:
         self.predictor = Predictor.load(Path(path))
         self._optimizer = None
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
 
 
 def make_cost_model(name: str, **kwargs: Any) -> Any:

@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="JSON of Config fields to change")
     parser.add_argument("--json", type=Path, default=REPO / "results" / "cost_model_report.json")
     parser.add_argument("--readme", type=Path, default=None)
+    parser.add_argument(
+        "--remeasured-only",
+        action="store_true",
+        help="only schedules whose label `ago-search remeasure` made",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         config = config.replace(num_steps=args.steps)
     started = time.perf_counter()
-    dataset = load_dataset(args.traces)
+    dataset = load_dataset(args.traces, remeasured_only=args.remeasured_only)
     load_s = time.perf_counter() - started
     models = args.folds.split(",") if args.folds else dataset.models
     log.info(
@@ -195,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     speed = throughput(dataset, folds[0])
     report = {
         "traces": args.traces,
+        "remeasured_only": args.remeasured_only,
         "records": len(dataset),
         "tasks": len(dataset.tasks),
         "models": dataset.models,

@@ -183,6 +183,10 @@ def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
     candidates = [r.as_measure_candidate() for r in records]
     scores = model.predict(context, candidates)
     assert scores.shape == (8,) and np.all((scores > 0) & (scores <= 1)) and scores.max() == 1
+    # the online XGB has learnt from the 8 measurements and has its share of the ranking
+    assert model.xgb_weight(context) == pytest.approx(8 / (8 + model.blend_trials))
+    alone = GNNCostModel(model.predictor, blend_trials=None).predict(context, candidates)
+    assert not np.allclose(np.log(alone), np.log(scores))
     model.save(str(tmp_path / "saved"))
     fresh = GNNCostModel()
     fresh.load(str(tmp_path / "saved"))
