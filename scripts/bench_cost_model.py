@@ -50,7 +50,9 @@ COST_MODELS = ("xgb", "gnn")
 FRACTIONS = (0.25, 0.5, 1.0)
 
 
-def held_out_gnn(name: str, traces: list[str], work: Path, steps: int | None) -> Path:
+def held_out_gnn(
+    name: str, traces: list[str], work: Path, steps: int | None, remeasured_only: bool = False
+) -> Path:
     """A GNN trained on every zoo model's traces but `name`'s (trained once, kept)."""
     from cost_model.cli import train_cost_model
     from cost_model.configs.default import Config
@@ -59,7 +61,9 @@ def held_out_gnn(name: str, traces: list[str], work: Path, steps: int | None) ->
     if (out / "params.npz").exists():
         return out
     config = Config() if steps is None else Config().replace(num_steps=steps)
-    metrics = train_cost_model(traces, out, [name], config, compare_xgb=False)
+    metrics = train_cost_model(
+        traces, out, [name], config, compare_xgb=False, remeasured_only=remeasured_only
+    )
     log.info("GNN without %s: %s", name, metrics["gnn"])
     return out
 
@@ -113,7 +117,7 @@ def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> di
     for cost_model in COST_MODELS:
         db = work / f"{name}.{cost_model}.db"
         if cost_model == "gnn":
-            gnn_dir = held_out_gnn(name, args.traces, work, args.gnn_steps)
+            gnn_dir = held_out_gnn(name, args.traces, work, args.gnn_steps, args.remeasured_only)
             chosen: Any = GNNCostModel(Predictor.load(gnn_dir), seed=args.seed)
         else:
             chosen = "xgb"
@@ -183,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traces", nargs="+", default=[str(REPO / "datasets/traces/host")])
     parser.add_argument("--gnn-steps", type=int, default=None, help="training steps of the GNN")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--remeasured-only",
+        action="store_true",
+        help="train the GNN only on labels `ago-search remeasure` made",
+    )
     parser.add_argument("--work", type=Path, default=REPO / "results" / "bench_cost_model")
     parser.add_argument("--json", type=Path, default=REPO / "results" / "bench_cost_model.json")
     args = parser.parse_args(argv)
