@@ -105,14 +105,21 @@ def remeasure(
         raise AgoSearchError(
             f"device {profile.name!r} is reached over RPC: remeasure times on this machine only"
         )
-    store = TuningDatabase(db)
+    files: list[Path] = []
     for source in sources or []:
-        files = sorted(Path(source).glob("*.jsonl*")) if Path(source).is_dir() else [Path(source)]
-        if not files:
+        found = sorted(Path(source).glob("*.jsonl*")) if Path(source).is_dir() else [Path(source)]
+        if not found or not all(f.is_file() for f in found):
             raise AgoSearchError(f"{source}: no trace files (*.jsonl, *.jsonl.gz) there")
-        for file in files:
-            added = store.import_jsonl(file)
-            log.info("imported %d new records from %s", added, file)
+        files += found
+    if export is not None and Path(export).is_file():
+        # an earlier run's re-measured records first: importing keeps the first record of a
+        # schedule, so the stale labels in the other files do not hide them (a fresh clone
+        # resumes from the export instead of timing everything again)
+        files = [Path(export)] + [f for f in files if f.resolve() != Path(export).resolve()]
+    store = TuningDatabase(db)
+    for file in files:
+        added = store.import_jsonl(file)
+        log.info("imported %d new records from %s", added, file)
     tasks = [t.task_key for t in store.tasks(profile.key)]
     random.Random(seed).shuffle(tasks)
     builder = LocalBuilder.for_device(profile)

@@ -82,6 +82,10 @@ def test_remeasure_replaces_labels_exports_and_resumes(host_db, tmp_path: Path) 
     assert sum(len(t.latencies) for t in only.tasks) == sum(len(t.latencies) for t in both.tasks)
     assert load_dataset([stale], cache=False, remeasured_only=True).tasks == ()
 
+    # a fresh clone (a new database from the stale traces and the export) has nothing to do
+    clone = remeasure(tmp_path / "clone.db", per_task=3, rounds=1, sources=[stale], export=export)
+    assert clone.remeasured == 0 and clone.tasks_done == 2
+
 
 def test_remeasure_cli_names_bad_input(tmp_path: Path, capsys) -> None:
     from ago_search.cli import main
