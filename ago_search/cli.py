@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from ago_search import __version__
 from ago_search.errors import AgoSearchError
@@ -228,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show(summary: str, report: Any, json_path: Path | None) -> None:
+    """Print a command's summary; write its report as JSON too when --json asks for it."""
+    print(summary)
+    if json_path:
+        from ago_search import api
+
+        api.write_json(report.to_json(), json_path)
+        print(f"\nwritten: {json_path}")
+
+
 def _tuning_db_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plan",
@@ -262,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             report = api.inspect(
                 args.model, args.input_shape, plan=args.plan, rewrite=not args.no_rewrite
             )
-            print(api.format_inspect(report))
-            if args.json:
-                api.write_json(report.to_json(), args.json)
+            _show(api.format_inspect(report), report, args.json)
         elif args.command == "bench":
             result = api.bench(
                 args.model,
@@ -275,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 min_repeat_ms=args.min_repeat_ms,
                 seed=args.seed,
             )
-            print(api.format_bench(result))
-            if args.json:
-                api.write_json(result.to_json(), args.json)
-                print(f"\nwritten: {args.json}")
+            _show(api.format_bench(result), result, args.json)
             if not result.verified:
                 print(
                     "\nTVM's outputs differ from ONNX Runtime's beyond tolerance (see the "
@@ -324,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 labels_only=args.labels_only,
             )
-            print(api.format_collect(report))
-            if args.json:
-                api.write_json(report.to_json(), args.json)
-                print(f"\nwritten: {args.json}")
+            _show(api.format_collect(report), report, args.json)
         elif args.command == "remeasure":
             logging.getLogger("ago_search.remeasure").setLevel(min(level, logging.INFO))
             report = api.remeasure(
@@ -340,10 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 sources=args.sources,
                 export=args.export,
             )
-            print(api.format_remeasure(report))
-            if args.json:
-                api.write_json(report.to_json(), args.json)
-                print(f"\nwritten: {args.json}")
+            _show(api.format_remeasure(report), report, args.json)
         elif args.command in ("tune-tasks", "measure"):
             if args.command == "tune-tasks":
                 # progress of a long run: one line per round from the tuning layer
@@ -372,10 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                     device=args.device,
                     threads=args.threads,
                 )
-            print(api.format_tuned(report))
-            if args.json:
-                api.write_json(report.to_json(), args.json)
-                print(f"\nwritten: {args.json}")
+            _show(api.format_tuned(report), report, args.json)
             if not report.verified:
                 print(
                     "\nthe model's outputs differ from ONNX Runtime's beyond tolerance (see the "
