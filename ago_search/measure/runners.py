@@ -499,7 +499,7 @@ class _IsolatedRunnerBase(PyRunner):
         `min_cpu_share`: another tenant of a shared machine took it) is repeated, after a
         pause outside the lease, up to `contention_retries` times; the fastest is kept.
         """
-        kept: Measurement | None = None
+        timings: list[Measurement] = []
         for attempt in range(1 + self.contention_retries):
             if attempt:
                 time.sleep(_CONTENTION_PAUSE_S * 2 ** (attempt - 1))
@@ -508,10 +508,7 @@ class _IsolatedRunnerBase(PyRunner):
             )
             if not result.ok:
                 return result
-            if kept is None or (result.median or 0.0) < (kept.median or 0.0):
-                kept = dataclasses.replace(result, attempts=attempt + 1)
-            else:
-                kept = dataclasses.replace(kept, attempts=attempt + 1)
+            timings.append(result)
             if result.cpu_share is None or result.cpu_share >= self.min_cpu_share:
                 break
             log.debug(
@@ -530,8 +527,8 @@ class _IsolatedRunnerBase(PyRunner):
                     self.disturbed,
                     1 + self.contention_retries,
                 )
-        assert kept is not None
-        return kept
+        fastest = min(timings, key=lambda m: m.median or 0.0)
+        return dataclasses.replace(fastest, attempts=len(timings))
 
     def _measure_once(
         self,
