@@ -99,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument(
         "--cost-model",
-        choices=["xgb", "gnn", "random"],
+        choices=["xgb", "gnn", "xgb-ms", "random"],
         default="xgb",
-        help="the search's cost model (gnn: the shipped pretrained GNN)",
+        help="the search's cost model (xgb: MetaSchedule's XGBoost model with its training "
+        "step fixed for many-store candidates; xgb-ms: it as MetaSchedule ships it; gnn: the "
+        "shipped pretrained GNN)",
     )
     tune.add_argument(
         "--trials-per-round",

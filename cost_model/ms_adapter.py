@@ -74,7 +74,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             from ago_search.devices import host_num_cores
 
             cores = num_tuning_cores or host_num_cores()
-            self._xgb = ms.cost_model.XGBModel(num_tuning_cores=cores)
+            from ago_search.schedule.xgb import PackSumXGBModel
+
+            self._xgb = PackSumXGBModel(num_tuning_cores=cores)
 
     def _features(self, context: Any, candidates: list) -> list[CandidateGraph]:
         if self._featurizer is None:

@@ -236,7 +236,7 @@ def test_xgb_baseline_on_graph_features_equals_metaschedule_on_replayed_traces(s
     from cost_model.xgb_baseline import fit_xgb, xgb_predictions
 
     train, test = Dataset(smoke.tasks[:4], smoke.target), Dataset(smoke.tasks[4:], smoke.target)
-    ours = [p.score for p in xgb_predictions(fit_xgb(train, seed=0), test)]
+    ours = [p.score for p in xgb_predictions(fit_xgb(train, seed=0, variant="xgb-ms"), test)]
 
     featurizer = Featurizer(json.loads(smoke.target))
 

@@ -94,7 +94,8 @@ class TuningConfig:
     trials_per_round: candidates measured per round; None: for "first-pass", one round per
         untried task in `first_pass_fraction` of the remaining budget, at most
         `max_round_trials`; for MetaSchedule's schedulers its default, 64.
-    cost_model: "xgb" (MetaSchedule's XGBoost model), "random", or a MetaSchedule CostModel.
+    cost_model: "xgb" (MetaSchedule's XGBoost model, its training step fixed: schedule/xgb.py),
+        "xgb-ms" (as MetaSchedule ships it), "gnn", "random", or a MetaSchedule CostModel.
     population_size: of the evolutionary search (TVM_NOTES.md: 128 on 2 cores).
     search: "evolutionary" (MetaSchedule's EvolutionarySearch, ranked by the cost model) or
         "replay" (ReplayTrace: plain random samples of the design space, no cost model; what
@@ -335,7 +336,9 @@ class SkipMeasured(PySearchStrategy):
 
 
 def make_cost_model(cost_model: Any, seed: int | None = None) -> tuple[Any, str]:
-    """A MetaSchedule cost model and its name: "xgb", "random", "gnn" (the shipped pretrained
+    """A MetaSchedule cost model and its name: "xgb" (MetaSchedule's XGBModel with its
+    training step fixed for many-store candidates, ago_search/schedule/xgb.py), "xgb-ms" (it as
+    MetaSchedule ships it), "random", "gnn" (the shipped pretrained
     GNN of cost_model/), or a CostModel as it is."""
     if isinstance(cost_model, ms.cost_model.CostModel):
         return cost_model, type(cost_model).__name__
@@ -347,11 +350,15 @@ def make_cost_model(cost_model: Any, seed: int | None = None) -> tuple[Any, str]
 
         return make_learned("gnn"), "gnn"
     if cost_model == "xgb":
-        return ms.cost_model.XGBModel(num_tuning_cores=host_num_cores()), "xgb"
+        from ago_search.schedule.xgb import PackSumXGBModel
+
+        return PackSumXGBModel(num_tuning_cores=host_num_cores()), "xgb"
+    if cost_model == "xgb-ms":
+        return ms.cost_model.XGBModel(num_tuning_cores=host_num_cores()), "xgb-ms"
     if cost_model == "random":
         return ms.cost_model.RandomModel(seed=seed), "random"
     raise AgoSearchError(
-        f"unknown cost model {cost_model!r}: choose gnn, xgb or random (or pass a MetaSchedule "
+        f"unknown cost model {cost_model!r}: choose gnn, xgb, xgb-ms or random (or pass a MetaSchedule "
         "CostModel)"
     )
 
