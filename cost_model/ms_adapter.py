@@ -165,8 +165,14 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             task = np.full(n_graph_pad, -1, np.int32)
             task[: len(tids)] = tids
             batches.append(Batch(pad_batch(graphs, nodes, edges, n_graph_pad), y, task))
+        config = self.predictor.config
         losses = fine_tune(
-            self.predictor.model, self._optimizer, batches, self.predictor.config.regression_weight
+            self.predictor.model,
+            self._optimizer,
+            batches,
+            config.regression_weight,
+            config.lambda_scale,
+            config.lambda_discount,
         )
         if losses:
             log.debug("GNN online update: loss %.4f -> %.4f", losses[0], losses[-1])

@@ -67,7 +67,11 @@ def make_optimizer(model: CostGNN, learning_rate: float, weight_decay: float) ->
 
 
 def ranking_loss(
-    pred: jax.Array, y: jax.Array, task: jax.Array, lambda_scale: float = 0.0
+    pred: jax.Array,
+    y: jax.Array,
+    task: jax.Array,
+    lambda_scale: float = 0.0,
+    lambda_discount: bool = True,
 ) -> jax.Array:
     """Mean logistic loss over ordered pairs of the same task (task -1 is padding): for
     y_i < y_j, softplus(-(pred_j - pred_i)).
@@ -77,7 +81,9 @@ def ranking_loss(
     the task's best y)) (with y in standard deviations of log latency, the candidate's speed
     relative to the task's best, sharpened), discount 1 / log2(1 + rank). Pairs that decide
     the top of the ranking then count most, which is what a search that measures only its
-    top picks needs."""
+    top picks needs. lambda_discount=False leaves the discount out: each pair weighs the gap
+    in relative speed alone (with lambda_scale the std of log latency, the gap in throughput
+    relative to the task's best, the emphasis of MetaSchedule's XGB target)."""
     same = (task[:, None] == task[None, :]) & (task[:, None] >= 0)
     better = (y[:, None] + 1e-4 < y[None, :]) & same
     diff = pred[None, :] - pred[:, None]
@@ -91,7 +97,9 @@ def ranking_loss(
     p = jax.lax.stop_gradient(pred)
     rank = 1.0 + jnp.sum(same & (p[None, :] < p[:, None]), axis=1)
     disc = 1.0 / jnp.log2(1.0 + rank)
-    weight = jnp.abs(rel[:, None] - rel[None, :]) * jnp.abs(disc[:, None] - disc[None, :])
+    weight = jnp.abs(rel[:, None] - rel[None, :])
+    if lambda_discount:
+        weight = weight * jnp.abs(disc[:, None] - disc[None, :])
     weight = jnp.where(better, weight, 0.0)
     return (weight * losses).sum() / jnp.maximum(weight.sum(), 1e-9)
 
@@ -103,15 +111,16 @@ def loss_fn(
     task: jax.Array,
     regression_weight: float,
     lambda_scale: float = 0.0,
+    lambda_discount: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     pred = model(graphs)
-    rank = ranking_loss(pred, y, task, lambda_scale)
+    rank = ranking_loss(pred, y, task, lambda_scale, lambda_discount)
     valid = (task >= 0).astype(jnp.float32)
     mse = ((pred - y) ** 2 * valid).sum() / jnp.maximum(valid.sum(), 1.0)
     return rank + regression_weight * mse, {"rank": rank, "mse": mse}
 
 
-@nnx.jit(static_argnums=(5, 6))
+@nnx.jit(static_argnums=(5, 6, 7))
 def train_step(
     model: CostGNN,
     optimizer: nnx.Optimizer,
@@ -120,10 +129,13 @@ def train_step(
     task: jax.Array,
     regression_weight: float,
     lambda_scale: float = 0.0,
+    lambda_discount: bool = True,
 ) -> dict[str, jax.Array]:
     """One optimisation step; returns the loss terms (before the step)."""
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, aux), grads = grad_fn(model, graphs, y, task, regression_weight, lambda_scale)
+    (loss, aux), grads = grad_fn(
+        model, graphs, y, task, regression_weight, lambda_scale, lambda_discount
+    )
     optimizer.update(model, grads)
     return {"loss": loss, **aux}
 
@@ -205,6 +217,7 @@ def train(
                 batch.task,
                 config.regression_weight,
                 config.lambda_scale,
+                config.lambda_discount,
             )
             window.append({k: float(v) for k, v in terms.items()})
         if step % config.eval_every == 0 or step == config.num_steps:
@@ -227,9 +240,23 @@ def fine_tune(
     optimizer: nnx.Optimizer,
     batches: list[Batch],
     regression_weight: float,
+    lambda_scale: float = 0.0,
+    lambda_discount: bool = True,
 ) -> list[float]:
-    """Steps over given batches (the online update of the MetaSchedule plug-in)."""
+    """Steps over given batches (the online update of the MetaSchedule plug-in), with the
+    loss the model was trained with."""
     return [
-        float(train_step(model, optimizer, b.graphs, b.y, b.task, regression_weight)["loss"])
+        float(
+            train_step(
+                model,
+                optimizer,
+                b.graphs,
+                b.y,
+                b.task,
+                regression_weight,
+                lambda_scale,
+                lambda_discount,
+            )["loss"]
+        )
         for b in batches
     ]

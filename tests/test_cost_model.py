@@ -280,3 +280,10 @@ def test_lambda_ranking_loss_weighs_the_top_of_the_ranking() -> None:
     lam_top = float(ranking_loss(top_swapped, y, task, 2.0))
     lam_bottom = float(ranking_loss(bottom_swapped, y, task, 2.0))
     assert lam_top > lam_bottom
+    # so it does with weights from the gap in relative speed alone (no rank discount)
+    gap_top = float(ranking_loss(top_swapped, y, task, 2.0, False))
+    gap_bottom = float(ranking_loss(bottom_swapped, y, task, 2.0, False))
+    assert gap_top > gap_bottom
+    # which plain pairs do not: there the bottom mistake costs more
+    plain = [float(ranking_loss(p, y, task)) for p in (top_swapped, bottom_swapped)]
+    assert plain[0] < plain[1]

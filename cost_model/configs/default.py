@@ -20,12 +20,17 @@ class Config:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     num_steps: int = 1500
-    tasks_per_batch: int = 4
-    candidates_per_task: int = 16
+    tasks_per_batch: int = 8
+    candidates_per_task: int = 32
     # loss = pairwise ranking within a task + regression_weight * MSE(normalised log latency)
     regression_weight: float = 0.1
     # > 0: LambdaRank weights on the ranking pairs (train.ranking_loss), 0: plain pairwise
     lambda_scale: float = 0.0
+    # with lambda_scale > 0: True weighs pairs by the change in DCG (LambdaRank), False by the
+    # gap in relative speed alone (train.ranking_loss; lambda_scale 2.0, about the std of log
+    # latency on the host traces, then weighs pairs by their gap in throughput relative to the
+    # task's best)
+    lambda_discount: bool = True
     # features: standardised columns squashed into (-feature_squash, feature_squash), 0: off
     feature_squash: float = 4.0
     # evaluation and data
@@ -44,6 +49,7 @@ class Config:
         # models saved before these options existed were trained without them
         known.setdefault("readout", "pool")
         known.setdefault("lambda_scale", 0.0)
+        known.setdefault("lambda_discount", True)
         known.setdefault("feature_squash", 0.0)
         return cls(**known)
 
