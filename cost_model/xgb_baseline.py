@@ -73,12 +73,10 @@ def fit_xgb(train: Dataset, seed: int = 0, variant: str = "xgb") -> Any:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from ago_search.schedule.xgb import PackSumXGBModel
+    from ago_search.schedule.xgb import xgb_model_class
 
-    if variant not in ("xgb", "xgb-ms"):
-        raise ValueError(f"XGB variant {variant!r}: choose xgb or xgb-ms")
+    cls = xgb_model_class(variant)
     config = ms.cost_model.xgb_model.XGBConfig(seed=43 + seed)
-    cls = PackSumXGBModel if variant == "xgb" else ms.cost_model.XGBModel
     model = cls(config=config, num_warmup_samples=0, adaptive_training=True, verbose_eval=0)
     for i, task in enumerate(train.tasks):
         # adaptive training retrains only when the data grew by a fifth since the last

@@ -349,12 +349,10 @@ def make_cost_model(cost_model: Any, seed: int | None = None) -> tuple[Any, str]
         from cost_model.ms_adapter import make_cost_model as make_learned
 
         return make_learned("gnn"), "gnn"
-    if cost_model == "xgb":
-        from ago_search.schedule.xgb import PackSumXGBModel
+    if cost_model in ("xgb", "xgb-ms"):
+        from ago_search.schedule.xgb import xgb_model_class
 
-        return PackSumXGBModel(num_tuning_cores=host_num_cores()), "xgb"
-    if cost_model == "xgb-ms":
-        return ms.cost_model.XGBModel(num_tuning_cores=host_num_cores()), "xgb-ms"
+        return xgb_model_class(cost_model)(num_tuning_cores=host_num_cores()), cost_model
     if cost_model == "random":
         return ms.cost_model.RandomModel(seed=seed), "random"
     raise AgoSearchError(

@@ -23,7 +23,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.cost_model import xgb_model as _ms_xgb
 
-__all__ = ["PackSumXGBModel"]
+__all__ = ["PackSumXGBModel", "xgb_model_class"]
 
 
 class _PackSum(_ms_xgb.PackSum):
@@ -68,3 +68,12 @@ class PackSumXGBModel(_ms_xgb.XGBModel._cls):  # type: ignore[name-defined,misc]
             ],
         )
         del self.d_train
+
+
+def xgb_model_class(name: str) -> type:
+    """The XGB cost model class of a tuning name: "xgb" ours, "xgb-ms" MetaSchedule's."""
+    if name == "xgb":
+        return PackSumXGBModel
+    if name == "xgb-ms":
+        return _ms_xgb.XGBModel
+    raise ValueError(f"XGB cost model {name!r}: choose xgb or xgb-ms")
