@@ -43,8 +43,10 @@ __all__ = [
     "TaskSamples",
     "load_dataset",
     "model_of_task_name",
+    "remeasure_disturbed",
     "split_by_models",
     "split_by_tasks",
+    "trace_files",
     "training_batches",
 ]
 
@@ -108,7 +110,8 @@ def model_of_task_name(name: str | None) -> tuple[str, ...]:
     return ()
 
 
-def _trace_files(path: Path) -> list[Path]:
+def trace_files(path: Path) -> list[Path]:
+    """The trace files of a folder (*.jsonl.gz, *.jsonl), or the file itself."""
     if path.is_dir():
         files = sorted([*path.glob("*.jsonl.gz"), *path.glob("*.jsonl")])
         if not files:
@@ -142,6 +145,17 @@ def _label_rank(line: Mapping[str, Any]) -> float | None:
     return float(line.get("measured_at") or 0.0)
 
 
+# A re-measured timing whose process got less than this share of its CPU time (another
+# process ran beside it through every retry: ago_search.measure.runners) is too long.
+MIN_CPU_SHARE = 0.9
+
+
+def remeasure_disturbed(line: Mapping[str, Any]) -> bool:
+    """Whether a re-measured record has a round timed while other processes ran."""
+    shares = ((line.get("extra") or {}).get("remeasured") or {}).get("cpu_share") or []
+    return any(share < MIN_CPU_SHARE for share in shares)
+
+
 def load_dataset(
     source: str | Path | Sequence[str | Path],
     device_key: str | None = None,
@@ -158,7 +172,9 @@ def load_dataset(
     A schedule found in several records gets one label: a re-measured one
     (`ago-search remeasure`) over any other, else the first file's. remeasured_only: keep only
     schedules with a re-measured label (labels of traces timed on a busy machine, or before
-    the measurement fix of 2026-11-21, are noisy: README, "Cost model").
+    the measurement fix of 2026-11-21, are noisy: README, "Cost model"), and not those whose
+    re-measurement was itself disturbed by other processes (a round's CPU share below
+    MIN_CPU_SHARE after every retry).
 
     Beside a folder, `models.json` labels tasks with models and `tasks.json` gives each task's
     weight (its calls per inference, summed over its models) and operators (op nodes of the
@@ -173,7 +189,7 @@ def load_dataset(
     from cost_model.features import Featurizer
 
     paths = [source] if isinstance(source, str | Path) else list(source)
-    files = [f for p in paths for f in _trace_files(Path(p))]
+    files = [f for p in paths for f in trace_files(Path(p))]
     labels = dict(model_labels or {})
     for p in paths:
         side = Path(p) / "models.json" if Path(p).is_dir() else None
@@ -216,7 +232,9 @@ def load_dataset(
                     chosen[ident] = line
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ident, line in chosen.items():
-        if ident in dropped or (remeasured_only and _label_rank(line) is None):
+        if ident in dropped:
+            continue
+        if remeasured_only and (_label_rank(line) is None or remeasure_disturbed(line)):
             continue
         records[ident[0]].append(line)
     tasks = []

@@ -62,22 +62,30 @@ class CostGNN(nnx.Module):
         num_layers: int = 3,
         readout_layers: int = 2,
         readout: str = "pool",
+        task_context: bool = False,
         *,
         rngs: nnx.Rngs,
     ) -> None:
         if readout not in READOUTS:
             raise ValueError(f"readout {readout!r}: choose one of {', '.join(READOUTS)}")
         self.readout_kind = readout
+        self.task_context = task_context
         self.embed = nnx.Linear(NODE_DIM, hidden, rngs=rngs)
         self.layers = nnx.List([MessagePassing(hidden, rngs=rngs) for _ in range(num_layers)])
-        sizes = (2 * hidden + GLOBAL_DIM,) + (hidden,) * (readout_layers - 1) + (1,)
+        pooled = 2 * hidden + GLOBAL_DIM
+        sizes = (2 * pooled if task_context else pooled,) + (hidden,) * (readout_layers - 1) + (1,)
         self.readout = MLP(sizes, rngs=rngs)
         if readout == "additive":
             node_sizes = (hidden + GLOBAL_DIM,) + (hidden,) * (readout_layers - 1) + (1,)
             self.node_time = MLP(node_sizes, rngs=rngs)
 
-    def __call__(self, batch: GraphBatch) -> jax.Array:
-        """(n_graph,) predictions; padding graphs' entries are meaningless."""
+    def __call__(self, batch: GraphBatch, task: jax.Array | None = None) -> jax.Array:
+        """(n_graph,) predictions; padding graphs' entries are meaningless.
+
+        task: (n_graph,) task id of each graph, -1 for padding; None: every real graph is of
+        one task (inference). Only the task-context readout reads it: each candidate's pooled
+        embedding beside its difference from the mean over its task's candidates in the
+        batch, so the readout sees how a schedule differs from the others of its task."""
         n_graph = batch.n_node.shape[0]
         mask = batch.node_mask[:, None].astype(jnp.float32)
         h = jax.nn.relu(self.embed(batch.nodes)) * mask
@@ -86,6 +94,12 @@ class CostGNN(nnx.Module):
         total = jax.ops.segment_sum(h, batch.node_graph, num_segments=n_graph)
         count = jnp.maximum(batch.n_node, 1).astype(jnp.float32)[:, None]
         x = jnp.concatenate([total / 8.0, total / count, batch.globals], axis=-1)
+        if self.task_context:
+            if task is None:
+                task = jnp.where(batch.graph_mask, 0, -1)
+            same = ((task[:, None] == task[None, :]) & (task[:, None] >= 0)).astype(jnp.float32)
+            mean = (same @ x) / jnp.maximum(same.sum(axis=1, keepdims=True), 1.0)
+            x = jnp.concatenate([x, x - mean], axis=-1)
         pooled = self.readout(x)[:, 0]
         if self.readout_kind == "pool":
             return pooled

@@ -54,6 +54,7 @@ def create_model(config: Config) -> CostGNN:
         config.num_layers,
         config.readout_layers,
         config.readout,
+        config.task_context,
         rngs=nnx.Rngs(config.seed),
     )
 
@@ -113,7 +114,7 @@ def loss_fn(
     lambda_scale: float = 0.0,
     lambda_discount: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    pred = model(graphs)
+    pred = model(graphs, task)
     rank = ranking_loss(pred, y, task, lambda_scale, lambda_discount)
     valid = (task >= 0).astype(jnp.float32)
     mse = ((pred - y) ** 2 * valid).sum() / jnp.maximum(valid.sum(), 1.0)

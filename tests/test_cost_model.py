@@ -287,3 +287,34 @@ def test_lambda_ranking_loss_weighs_the_top_of_the_ranking() -> None:
     # which plain pairs do not: there the bottom mistake costs more
     plain = [float(ranking_loss(p, y, task)) for p in (top_swapped, bottom_swapped)]
     assert plain[0] < plain[1]
+
+
+def test_task_context_readout_compares_candidates_within_their_task(smoke) -> None:
+    """With task_context, a candidate's score depends on the other candidates of its task
+    in the batch, never on another task's; without it, on neither."""
+    import jax.numpy as jnp
+
+    from cost_model.features import FeatureStats, pad_batch
+    from cost_model.train import create_model
+
+    stats = FeatureStats.fit(smoke.all_graphs(), 4.0)
+    a, b = ([stats.apply(g) for g in t.graphs[:4]] for t in smoke.tasks[:2])
+    other_b = [stats.apply(g) for g in smoke.tasks[2].graphs[:4]]
+    task = jnp.asarray([0] * 4 + [1] * 4 + [-1], jnp.int32)
+
+    def scores(model, graphs):
+        return np.asarray(model(pad_batch(graphs, 4096, 8192, 9), task))
+
+    for context in (True, False):
+        model = create_model(SMALL.replace(task_context=context))
+        base = scores(model, a + b)
+        # task 1's candidates replaced: task 0's scores stay
+        np.testing.assert_allclose(scores(model, a + other_b)[:4], base[:4], rtol=1e-5)
+        # one candidate of task 0 replaced: the other three move only with the context
+        changed = scores(model, [b[0]] + a[1:] + b)
+        moved = np.abs(changed[1:4] - base[1:4]).max()
+        assert (moved > 1e-4) if context else (moved < 1e-5)
+        # at inference (no task ids), every real graph is of one task
+        np.testing.assert_allclose(
+            np.asarray(model(pad_batch(a, 4096, 8192, 5)))[:4], base[:4], rtol=1e-5
+        )

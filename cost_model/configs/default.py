@@ -16,6 +16,8 @@ class Config:
     num_layers: int = 3
     readout_layers: int = 2
     readout: str = "additive"  # "pool" (sum and mean of nodes) or "additive" (sum of store times)
+    # the pooled readout also sees each candidate's difference from its task's mean candidate
+    task_context: bool = False
     # optimisation
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
@@ -51,6 +53,7 @@ class Config:
         known.setdefault("lambda_scale", 0.0)
         known.setdefault("lambda_discount", True)
         known.setdefault("feature_squash", 0.0)
+        known.setdefault("task_context", False)
         return cls(**known)
 
     def replace(self, **changes: Any) -> Config:
