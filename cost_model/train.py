@@ -147,7 +147,11 @@ def _forward(model: CostGNN, graphs: GraphBatch) -> jax.Array:
 
 
 def predict_normalised(model: CostGNN, graphs: list, batch_size: int = 256) -> np.ndarray:
-    """The model's normalised log-latency predictions for standardised graphs."""
+    """The model's normalised log-latency predictions for standardised graphs (of one task
+    when the model has a task-context readout: they are then scored in one batch, so each
+    sees all the others)."""
+    if getattr(model, "task_context", False):
+        batch_size = max(batch_size, len(graphs))
     out = []
     for batch, n in inference_batches(graphs, batch_size):
         out.append(np.asarray(_forward(model, batch))[:n])

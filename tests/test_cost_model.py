@@ -295,7 +295,7 @@ def test_task_context_readout_compares_candidates_within_their_task(smoke) -> No
     import jax.numpy as jnp
 
     from cost_model.features import FeatureStats, pad_batch
-    from cost_model.train import create_model
+    from cost_model.train import create_model, predict_normalised
 
     stats = FeatureStats.fit(smoke.all_graphs(), 4.0)
     a, b = ([stats.apply(g) for g in t.graphs[:4]] for t in smoke.tasks[:2])
@@ -318,3 +318,5 @@ def test_task_context_readout_compares_candidates_within_their_task(smoke) -> No
         np.testing.assert_allclose(
             np.asarray(model(pad_batch(a, 4096, 8192, 5)))[:4], base[:4], rtol=1e-5
         )
+        # and predicting a task's candidates scores them together, however many
+        np.testing.assert_allclose(predict_normalised(model, a, batch_size=2), base[:4], rtol=1e-5)

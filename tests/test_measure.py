@@ -218,7 +218,7 @@ def test_runner_survives_crash_and_hang(runner, kernels):
 
 LEAK_SCRIPT = textwrap.dedent(
     """
-    import os, numpy as np, tvm
+    import os, time, numpy as np, tvm
     from tvm.script import tirx as T
     from ago_search.measure.runners import _run_on_dirty_memory
 
@@ -237,6 +237,11 @@ LEAK_SCRIPT = textwrap.dedent(
     before = len(os.listdir("/proc/self/task"))
     for _ in range(10):
         _run_on_dirty_memory(f, [a, b], dev)
+    # Python's join returns just before the OS thread is gone: give the last check's
+    # thread a moment to leave /proc (leaked pool threads would stay for good)
+    deadline = time.monotonic() + 5
+    while len(os.listdir("/proc/self/task")) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
     after = len(os.listdir("/proc/self/task"))
     f(a, b)
     pool = int(tvm.get_global_func("runtime.NumThreads")())
