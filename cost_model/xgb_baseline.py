@@ -69,10 +69,12 @@ def _context(task: TaskSamples) -> Any:
 def fit_xgb(train: Dataset, seed: int = 0, variant: str = "xgb") -> Any:
     """An XGB model trained once on every task of `train`. variant "xgb": our
     `PackSumXGBModel` (MetaSchedule's model, its Newton step fixed for many-store
-    candidates: ago_search/schedule/xgb.py); "xgb-ms": `XGBModel` as MetaSchedule ships it."""
+    candidates: ago_search/schedule/xgb.py); "xgb-ms": `XGBModel` as MetaSchedule ships it.
+    Trains under the host's shared CPU lease, as the GNN does: never beside a measurement."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    from ago_search.measure.lease import host_cpu_lease
     from ago_search.schedule.xgb import xgb_model_class
 
     cls = xgb_model_class(variant)
@@ -88,7 +90,8 @@ def fit_xgb(train: Dataset, seed: int = 0, variant: str = "xgb") -> Any:
         ]
         model.extractor = _GivenFeatures(store_features(task))
         # the Python implementation behind the FFI object, which takes our stand-ins
-        model._inst.update(_context(task), list(range(len(task))), results)
+        with host_cpu_lease().shared():
+            model._inst.update(_context(task), list(range(len(task))), results)
     return model
 
 

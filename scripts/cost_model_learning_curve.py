@@ -15,7 +15,7 @@ whole held-out model:
 
 XGB (MetaSchedule's XGBModel with its training step fixed, ago_search/schedule/xgb.py) runs at
 every fraction of --fractions for each of --seeds cuts; the GNN, which takes minutes per fold,
-at the fractions of --gnn (one cut, seed 0). Training runs under the host's shared CPU lease,
+at the fractions of --gnn (one cut, seed 0). Both train under the host's shared CPU lease,
 so a collection or tuning run on this machine measures in between, never beside it.
 
 Two reference points beside the curve (--references):
@@ -89,12 +89,9 @@ def cut(train: Dataset, fraction: float, axis: str, seed: int) -> Dataset:
 
 
 def score_xgb(train: Dataset, test: Dataset, seed: int) -> dict[str, Any]:
-    from ago_search.measure.lease import host_cpu_lease
     from cost_model.xgb_baseline import fit_xgb, xgb_predictions
 
-    with host_cpu_lease().shared():
-        model = fit_xgb(train, seed=seed)
-        return evaluate_tasks(xgb_predictions(model, test))
+    return evaluate_tasks(xgb_predictions(fit_xgb(train, seed=seed), test))
 
 
 def score_gnn(train: Dataset, test: Dataset, config: Config) -> dict[str, Any]:
@@ -145,7 +142,6 @@ def measurement_ceiling(dataset: Dataset, traces: list[str]) -> dict[str, Any]:
 
 def unseen_tasks(dataset: Dataset, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """XGB scored on tasks it never saw, of models it saw: random folds of tasks."""
-    from ago_search.measure.lease import host_cpu_lease
     from cost_model.xgb_baseline import fit_xgb, xgb_predictions
 
     keys = [t.task_key for t in dataset.tasks]
@@ -153,9 +149,8 @@ def unseen_tasks(dataset: Dataset, folds: int = 5, seed: int = 0) -> dict[str, A
     by_task: dict[str, Any] = {}
     for k in range(folds):
         train, test = split_by_tasks(dataset, keys[k::folds])
-        with host_cpu_lease().shared():
-            for p in xgb_predictions(fit_xgb(train, seed=seed), test):
-                by_task[p.task_key] = p
+        for p in xgb_predictions(fit_xgb(train, seed=seed), test):
+            by_task[p.task_key] = p
     return {"folds": folds, **_mean_over_models(dataset, by_task)}
 
 
