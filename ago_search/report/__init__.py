@@ -1,0 +1,1 @@
+"""Text and markdown tables, and reports, made from artifacts only (JSON results, plan.json, tuning.db)."""

@@ -1,0 +1,1 @@
+"""The budgeted joint search over partitions, fusion, layouts and schedules (issue 14)."""
