@@ -8,16 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ago_search.frontend import ImportedModel, import_onnx, parse_input_shapes
+from ago_search.frontend import ImportedModel
+from ago_search.report import summaries
 
 
 def load(model: str | Path, input_shapes: list[str] | dict | None = None) -> ImportedModel:
     """Import `model`; `input_shapes` as CLI strings (NAME=DIMS) or a name -> shape dict."""
-    if isinstance(input_shapes, dict):
-        shapes = {k: tuple(v) for k, v in input_shapes.items()}
-    else:
-        shapes = parse_input_shapes(input_shapes)
-    return import_onnx(model, shapes)
+    from ago_search.pipeline import import_model
+
+    return import_model(model, input_shapes)
 
 
 def write_json(data: Any, path: str | Path) -> None:
@@ -147,71 +146,9 @@ def inspect_imported(
     )
 
 
-def _si(value: float, unit: str = "") -> str:
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {prefix}{unit}"
-    return f"{value:.0f} {unit}".rstrip()
-
-
 def format_inspect(report: InspectReport) -> str:
-    s = report.summary
-    lines = [f"model: {report.model}"]
-    lines.append(
-        "inputs: " + ", ".join(f"{n} {d}[{'x'.join(map(str, sh))}]" for n, sh, d in report.inputs)
-    )
-    opset = (
-        f"{report.opset}"
-        if report.opset == report.original_opset
-        else f"{report.original_opset} -> {report.opset}"
-    )
-    lines.append(f"opset {opset}; {report.folded_nodes} shape-computing nodes folded to constants")
-    if report.rewrite:
-        rw = report.rewrite
-        fired = [r for r in rw["rules"] if r["ops_removed"] > 0]
-        lines.append(
-            f"rewrites: {rw['ops_before']} -> {rw['ops_after']} operators ("
-            + (", ".join(f"{r['rule']} -{r['ops_removed']}" for r in fired) or "none fired")
-            + ")"
-        )
-    lines.append(
-        f"operators: {s['nodes']} ({s['complex_ops']} complex), FLOPs: {_si(s['flops'])}, "
-        f"parameters: {_si(s['params'])}, tensor traffic: {_si(s['bytes'], 'B')}"
-    )
-    lines.append("")
-    lines.append(f"{'operator':<28}{'count':>6}{'FLOPs':>12}{'params':>11}  {'mapping':<13}complex")
-    for op in s["ops"]:
-        lines.append(
-            f"{op['op']:<28}{op['count']:>6}{_si(op['flops']):>12}{_si(op['params']):>11}  "
-            f"{op['mapping']:<13}{'yes' if op['complex'] else ''}"
-        )
-    lines.append("")
-    lines.append("mapping types: " + ", ".join(f"{k} {v}" for k, v in s["mapping_counts"].items()))
-    groups = report.default_groups
-    by_complex: dict[int, int] = {}
-    for g in groups:
-        by_complex[g.complex_ops] = by_complex.get(g.complex_ops, 0) + 1
-    lines.append(
-        f"TVM default fusion: {len(groups)} groups; by complex ops per group: "
-        + ", ".join(f"{k}: {v}" for k, v in sorted(by_complex.items()))
-    )
-    largest = sorted(groups, key=lambda g: (-len(g.nodes), g.name))[:5]
-    for g in largest:
-        lines.append(f"  {g.name}: {len(g.nodes)} ops ({', '.join(_short(o) for o in g.ops)})")
-    if report.plan_name:
-        plan_groups = report.plan_groups
-        multi = sum(1 for g in plan_groups if g.complex_ops > 1)
-        lines.append("")
-        lines.append(
-            f"plan '{report.plan_name}': {len(plan_groups)} groups, {multi} with several "
-            "complex ops"
-        )
-        for note in report.plan_notes:
-            lines.append(f"  note: {note}")
-        for g in plan_groups:
-            ops = ", ".join(_short(o) for o in g.ops[:8]) + (", ..." if len(g.ops) > 8 else "")
-            lines.append(f"  {g.name:<40} {len(g.nodes):>3} ops, {g.complex_ops} complex  [{ops}]")
-    return "\n".join(lines)
+    """The summary `ago-search inspect` prints (`report.format_inspect` of its JSON)."""
+    return summaries.format_inspect(report.to_json())
 
 
 def _short(op: str) -> str:
@@ -245,9 +182,8 @@ def bench(
 
 
 def format_bench(result) -> str:
-    from ago_search.bench import format_bench_table
-
-    return format_bench_table(result)
+    """The table `ago-search bench` prints (`report.format_bench` of the `BenchResult`'s JSON)."""
+    return summaries.format_bench(result.to_json())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,54 +239,23 @@ class TunedModelReport:
         }
 
 
-def _plan_for(prepared, plan: str | Path):
-    """A seed plan by name, or a plan.json; (Plan, its description)."""
-    from ago_search.pipeline import SEED_NAMES, seed_partition
-    from ago_search.plan import Plan
-
-    if str(plan) in SEED_NAMES:
-        seed = seed_partition(prepared, str(plan))
-        return Plan.from_assignment(prepared.graph, seed.partition.assignment()), str(plan)
-    path = Path(plan)
-    if not path.is_file():
-        from ago_search.errors import AgoSearchError
-
-        raise AgoSearchError(
-            f"--plan {plan}: neither a seed plan ({', '.join(SEED_NAMES)}) nor a plan file"
-        )
-    return Plan.load(path), str(path)
-
-
-def _planned_tasks(model, input_shapes, plan, profile):
-    """Import, prepare, plan and extract the tasks for the device's target."""
-    from ago_search.pipeline import prepare_model
-    from ago_search.plan import apply_plan
-    from ago_search.schedule import extract_tasks
-
-    target = profile.tvm_target()
-    imported = load(model, input_shapes)
-    prepared = prepare_model(imported, target)
-    the_plan, plan_name = _plan_for(prepared, plan)
-    fused = apply_plan(prepared.legalized, prepared.graph, the_plan, target)
-    tasks = extract_tasks(fused, target, the_plan, prepared.graph)
-    return imported, prepared, the_plan, plan_name, tasks
-
-
 def _tuned_build_and_bench(
-    imported, prepared, the_plan, profile, store, threads: list[int] | None, bench: bool
+    planned, profile, store, threads: list[int] | None, bench: bool
 ) -> tuple[Any, Any | None, tuple[str, ...], dict[str, float]]:
     from ago_search.bench import bench_model
-    from ago_search.plan import compile_plan, compile_plan_tuned
+    from ago_search.build import compile_plan, compile_plan_tuned
+    from ago_search.database import SqliteDatabase
 
-    target = profile.tvm_target()
+    prepared, target = planned.prepared, planned.target
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     tuned = compile_plan_tuned(
         prepared.legalized,
         prepared.graph,
-        the_plan,
+        planned.plan,
         target,
-        store.metaschedule(profile.key, target),
+        SqliteDatabase(store, profile.key, target),
+        fused=planned.fused,
     )
     seconds["compile_tuned"] = time.perf_counter() - start
     result, notes = None, ()
@@ -358,9 +263,11 @@ def _tuned_build_and_bench(
         notes = (f"device {profile.name} is reached over RPC: the whole model is not timed",)
     elif bench:
         start = time.perf_counter()
-        untuned = compile_plan(prepared.legalized, prepared.graph, the_plan, target)
+        untuned = compile_plan(
+            prepared.legalized, prepared.graph, planned.plan, target, fused=planned.fused
+        )
         result = bench_model(
-            imported,
+            planned.imported,
             threads=threads or [profile.threads],
             builds={"plan-untuned": untuned, "plan-tuned": tuned.executable},
         )
@@ -392,38 +299,36 @@ def tune_tasks(
     """
     from ago_search.database import TuningDatabase
     from ago_search.devices import load_device
-    from ago_search.schedule.tune import TuningConfig
+    from ago_search.pipeline import load_planned
+    from ago_search.schedule.config import TuningConfig
     from ago_search.schedule.tune import tune_tasks as run_tuning
+    from cost_model.factory import make_cost_model
 
     profile = load_device(device)
-    start = time.perf_counter()
-    imported, prepared, the_plan, plan_name, tasks = _planned_tasks(
-        model, input_shapes, plan, profile
-    )
-    seconds = {"prepare": time.perf_counter() - start}
+    planned = load_planned(model, input_shapes, plan, profile)
+    tasks = planned.tasks
+    seconds = {"prepare": sum(planned.seconds.values())}
     if trials is None:
         trials = DEFAULT_TRIALS_PER_TASK * len(tasks)
     config = TuningConfig(
         trials=trials,
         scheduler=scheduler,
         trials_per_round=trials_per_round,
-        cost_model=cost_model,
         verify=verify,
         seed=seed,
     )
     store = TuningDatabase(db)
     try:
         start = time.perf_counter()
-        tuning = run_tuning(tasks, profile, store, config)
+        guide = make_cost_model(cost_model, seed=seed)
+        tuning = run_tuning(tasks, profile, store, config, cost_model=guide)
         seconds["tune"] = time.perf_counter() - start
-        tuned, result, notes, more = _tuned_build_and_bench(
-            imported, prepared, the_plan, profile, store, threads, bench
-        )
+        tuned, result, notes, more = _tuned_build_and_bench(planned, profile, store, threads, bench)
     finally:
         store.close()
     return TunedModelReport(
-        model=imported.path,
-        plan=plan_name,
+        model=planned.imported.path,
+        plan=planned.plan_name,
         device=profile.name,
         device_key=profile.key,
         database=str(db),
@@ -449,25 +354,21 @@ def measure(
     it (untuned plan, TVM's default build, ONNX Runtime), verified against ORT."""
     from ago_search.database import TuningDatabase
     from ago_search.devices import load_device
-    from ago_search.schedule.tune import task_results
+    from ago_search.pipeline import load_planned
+    from ago_search.schedule.results import task_results
 
     profile = load_device(device)
     store = TuningDatabase(db, read_only=True)
     try:
-        start = time.perf_counter()
-        imported, prepared, the_plan, plan_name, tasks = _planned_tasks(
-            model, input_shapes, plan, profile
-        )
-        seconds = {"prepare": time.perf_counter() - start}
-        results = task_results(store, tasks, profile.key)
-        tuned, result, notes, more = _tuned_build_and_bench(
-            imported, prepared, the_plan, profile, store, threads, True
-        )
+        planned = load_planned(model, input_shapes, plan, profile)
+        seconds = {"prepare": sum(planned.seconds.values())}
+        results = task_results(store, planned.tasks, profile.key)
+        tuned, result, notes, more = _tuned_build_and_bench(planned, profile, store, threads, True)
     finally:
         store.close()
     return TunedModelReport(
-        model=imported.path,
-        plan=plan_name,
+        model=planned.imported.path,
+        plan=planned.plan_name,
         device=profile.name,
         device_key=profile.key,
         database=str(db),
@@ -480,59 +381,9 @@ def measure(
     )
 
 
-def _ms(seconds: float | None) -> str:
-    return f"{seconds * 1e3:.4g}" if seconds is not None else "-"
-
-
 def format_tuned(report: TunedModelReport) -> str:
     """The per-task table, the kernels applied, and the model benchmark."""
-    lines = [
-        f"model:    {report.model}",
-        f"plan:     {report.plan}, {len(report.tasks)} tasks",
-        f"device:   {report.device} ({report.device_key}), database {report.database}",
-    ]
-    tuning = report.tuning
-    if tuning is not None:
-        lines.append(
-            f"tuning:   {tuning.trials_run} trials this run ({tuning.trials_before} before, "
-            f"budget {tuning.budget}), scheduler {tuning.scheduler}, rounds of "
-            f"{tuning.trials_per_round}, cost model {tuning.cost_model or '-'}, "
-            f"{tuning.wall_s:.0f} s"
-        )
-    lines.append("")
-    width = max([len("task"), *(len(t.name) for t in report.tasks)])
-    header = (
-        f"{'task':<{width}} {'weight':>6} {'trials':>6} {'new':>5} {'best ms':>9} "
-        f"{'untuned ms':>10} {'speedup':>8}  failures"
-    )
-    lines += [header, "-" * len(header)]
-    for t in report.tasks:
-        speedup = (
-            f"{t.untuned_seconds / t.best_seconds:.1f}x"
-            if t.best_seconds and t.untuned_seconds
-            else "-"
-        )
-        failures = ", ".join(f"{k} {v}" for k, v in sorted(t.statuses.items()) if k != "ok")
-        lines.append(
-            f"{t.name:<{width}} {t.weight:>6} {t.trials:>6} {t.new_trials:>5} "
-            f"{_ms(t.best_seconds):>9} {_ms(t.untuned_seconds):>10} {speedup:>8}  {failures}"
-        )
-    tuned_sum = sum(t.weight * t.best_seconds for t in report.tasks if t.best_seconds)
-    untuned_sum = sum(t.weight * t.untuned_seconds for t in report.tasks if t.untuned_seconds)
-    lines.append(
-        f"kernels, sum of weight x latency: best {tuned_sum * 1e3:.4g} ms, untuned "
-        f"{untuned_sum * 1e3:.4g} ms"
-    )
-    kernels = len(report.scheduled) + len(report.untuned)
-    lines.append(f"tuned build: {len(report.scheduled)} of {kernels} kernels got a record")
-    if report.untuned:
-        shown = ", ".join(report.untuned[:6]) + (", ..." if len(report.untuned) > 6 else "")
-        lines.append(f"  built untuned: {shown}")
-    for note in report.notes:
-        lines.append(f"note: {note}")
-    if report.bench is not None:
-        lines += ["", format_bench(report.bench)]
-    return "\n".join(lines)
+    return summaries.format_tuned(report.to_json())
 
 
 def train_cost_model(
@@ -546,8 +397,8 @@ def train_cost_model(
 ) -> dict:
     """Train the GNN cost model on trace files; metrics on held-out models (and XGB's).
     remeasured_only: only schedules whose label `ago-search remeasure` made."""
-    from cost_model.cli import train_cost_model as train
     from cost_model.configs.default import Config
+    from cost_model.training import train_cost_model as train
 
     config = Config()
     if steps:
@@ -564,19 +415,8 @@ def train_cost_model(
 
 
 def format_cost_model_metrics(metrics: dict) -> str:
-    keys = ("pairwise_accuracy", "kendall_tau", "top1_peak", "top5_peak", "mape")
-    held = metrics.get("held_out_models") or []
-    lines = [f"held-out models: {', '.join(held) if held else 'none (trained on every model)'}"]
-    lines.append(f"{'model':<6}" + "".join(f"{k:>19}" for k in keys))
-    for name in ("gnn", "xgb"):
-        row = metrics.get(name)
-        if isinstance(row, dict):
-            cells = "".join(
-                f"{row[k]:>19.3f}" if isinstance(row.get(k), int | float) else f"{'-':>19}"
-                for k in keys
-            )
-            lines.append(f"{name:<6}{cells}")
-    return "\n".join(lines)
+    """The scores `ago-search train-cost-model` prints from its metrics dict."""
+    return summaries.format_cost_model_metrics(metrics)
 
 
 def collect(
@@ -605,9 +445,7 @@ def collect(
 
 def format_collect(report) -> str:
     """The summary `ago-search collect` prints."""
-    from ago_search.collect import format_collect as fmt
-
-    return fmt(report)
+    return summaries.format_collect(report.to_json())
 
 
 def remeasure(db: str | Path, device: str = "host", **options: Any):
@@ -620,6 +458,78 @@ def remeasure(db: str | Path, device: str = "host", **options: Any):
 
 def format_remeasure(report) -> str:
     """The summary `ago-search remeasure` prints."""
-    from ago_search.remeasure import format_remeasure as fmt
+    return summaries.format_remeasure(report.to_json())
 
-    return fmt(report)
+
+# ---------------------------------------------------------------------------------------------
+# the search: ago-search MODEL --budget 2h
+
+
+def default_out(model: str | Path) -> Path:
+    """The output folder a search of `model` gets when none is given: <stem>-ago-search."""
+    return Path(f"{Path(model).stem}-ago-search")
+
+
+def search(
+    model: str | Path,
+    budget: str | float,
+    input_shapes: list[str] | dict | None = None,
+    device: str = "host",
+    out: str | Path | None = None,
+    seed: int = 0,
+    ray_address: str | None = None,
+    cost_model: str = "gnn",
+    progress: bool = True,
+    **options: Any,
+):
+    """Search partitions, fusion and schedules of `model` on `device` for `budget` (seconds,
+    or text like "45s", "20m", "2h") and write the verified best plan, its library, every
+    measurement and a summary to `out` (default: `default_out(model)`). Run again on the same
+    `out`, it goes on where it stopped. Returns a `SearchResult` (ago_search.search.driver);
+    `options` are further `SearchConfig` fields."""
+    import ray
+
+    from ago_search.devices import load_device
+    from ago_search.errors import AgoSearchError
+    from ago_search.search.budget import parse_budget
+    from ago_search.search.driver import SearchConfig, run_search
+    from ago_search.search.progress import SearchProgressBar
+    from ago_search.search.state import OutputFolder
+    from cost_model.factory import COST_MODELS, make_cost_model
+
+    seconds = float(budget) if isinstance(budget, int | float) else parse_budget(budget)
+    if cost_model not in COST_MODELS:
+        raise AgoSearchError(f"--cost-model {cost_model}: choose one of {', '.join(COST_MODELS)}")
+    profile = load_device(device)
+    imported = load(model, input_shapes)
+    out_dir = Path(out) if out is not None else default_out(model)
+    config = SearchConfig(budget_s=seconds, seed=seed, cost_model=cost_model, **options)
+    started_ray = False
+    if ray_address is not None and not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+        started_ray = True
+    state = None
+    folder = OutputFolder(out_dir)
+    if folder.state_file.exists():
+        import json
+
+        state = json.loads(folder.state_file.read_text())
+    bar = SearchProgressBar(seconds, float((state or {}).get("spent_s", 0.0)), enabled=progress)
+    try:
+        return run_search(
+            imported,
+            profile,
+            out_dir,
+            config,
+            make_cost_model(cost_model, seed=seed),
+            on_progress=bar,
+        )
+    finally:
+        bar.close()
+        if started_ray:
+            ray.shutdown()
+
+
+def format_search(result) -> str:
+    """What the search prints at its end (from its summary)."""
+    return summaries.format_search(result.summary)

@@ -8,43 +8,31 @@ would time a different program than the one TVM compiled. That the folded graph 
 what the user's file computes is checked separately (`source_checks`): ORT runs the user's
 file once on the same inputs, and its outputs are compared with the folded graph's.
 
-How it is measured. Each (runtime, thread count) runs in a fresh Python process, one after
-another, never overlapping: a TVM thread pool is sized when first used and cannot grow later
-(see ago_search.build), TVM's thread configuration can pin the calling thread, and idle
-threads of one runtime spin for a while after work and would steal a core from the other.
-A TVM process gets TVM_NUM_THREADS=n (pool of exactly n threads, unpinned) and checks that
-TVM reports n; an ORT process sets intra_op_num_threads=n, inter_op_num_threads=1,
-sequential execution. Both time one full inference per call with inputs converted
-beforehand (ORT through an IOBinding, TVM through a VM closure bound to its inputs), under
-the same `MeasureProtocol`, and report how many OS threads actually used CPU time during the
-timed repeats (per-thread CPU time from /proc/self/task): TVM's default build has no
-parallel loops, so it uses one thread whatever it is given.
+How it is measured. Each (runtime, thread count) runs in a fresh worker process
+(`measure.worker.IsolatedWorker`, used once), one after another, never overlapping: a TVM
+thread pool is sized when first used and cannot grow later (see ago_search.measure.threads),
+TVM's thread configuration can pin the calling thread, and idle threads of one runtime spin
+for a while after work and would steal a core from the other. A TVM process gets
+TVM_NUM_THREADS=n (pool of exactly n threads, unpinned) and checks that TVM reports n; an ORT
+process sets intra_op_num_threads=n, inter_op_num_threads=1, sequential execution. What runs
+in the workers is `ago_search.bench_worker`: both time one full inference per call under the
+same `MeasureProtocol` and report how many OS threads actually used CPU time during the timed
+repeats: TVM's default build has no parallel loops, so it uses one thread whatever it is
+given. A worker that crashes, raises or times out is a run with `error`, not an exception.
 
-How outputs are verified. TVM's outputs are compared with ORT's at the same thread count:
-per output, the max absolute error and the max error relative to the largest |reference|
-value of that output (not elementwise: elementwise relative error is unbounded wherever the
-reference is near zero, after a ReLU or at a sigmoid's tails, where float32 reordering
-leaves harmless absolute differences). An output passes when that relative error is at most
-`tolerance` (default 1e-3) and NaN/Inf appear in the same places; integer and boolean
-outputs must match exactly.
-
-TVM is imported only where needed, so that the ORT worker process never loads it (importing
-TVM takes seconds and loads its own runtime libraries).
+How outputs are verified. TVM's outputs are compared with ORT's at the same thread count by
+`ago_search.measure.compare` (per output, the max error relative to the largest |reference|
+value, at most `tolerance`; integer outputs exactly).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,148 +40,26 @@ import numpy as np
 import onnx
 
 from ago_search.frontend import ImportedModel, InputSpec, random_inputs
-from ago_search.measure.protocol import MeasureProtocol, Timing, time_callable
+from ago_search.measure.compare import DEFAULT_TOLERANCE, OutputCheck, compare_outputs
+from ago_search.measure.protocol import MeasureProtocol, Timing
+from ago_search.measure.threads import tvm_thread_env
+from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError, WorkerTimeout
 
 __all__ = [
     "DEFAULT_TOLERANCE",
     "ORT",
     "TVM_DEFAULT",
     "BenchResult",
-    "OutputCheck",
     "RuntimeRun",
     "bench_model",
-    "compare_output",
-    "compare_outputs",
-    "format_bench_table",
 ]
 
 log = logging.getLogger(__name__)
 
 ORT = "onnxruntime"
 TVM_DEFAULT = "tvm-default"
-DEFAULT_TOLERANCE = 1e-3
-# Below this largest |reference| value an output counts as all zeros: errors are then
-# measured against 1e-6, so differences under 1e-9 pass.
-_SCALE_FLOOR = 1e-6
-# A thread "used CPU" in the timed repeats when it got at least this share of the process's
-# CPU time; keeps a thread that woke once from counting.
-_BUSY_SHARE = 0.05
-
-
-# ---------------------------------------------------------------------------------------
-# Output comparison
-
-
-@dataclass(frozen=True)
-class OutputCheck:
-    """One output of a runtime compared with the reference runtime's."""
-
-    name: str
-    shape: tuple[int, ...]
-    max_abs_err: float  # max |actual - reference|; inf where shapes or NaN/Inf placement differ
-    max_rel_err: float  # max_abs_err / max(|reference|), see module docstring
-    ref_max_abs: float  # the largest |reference| value (finite values)
-    mismatched: float  # share of elements whose error exceeds tolerance * max|reference|
-    ok: bool
-    note: str = ""
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "shape": list(self.shape),
-            "max_abs_err": _json_float(self.max_abs_err),
-            "max_rel_err": _json_float(self.max_rel_err),
-            "ref_max_abs": _json_float(self.ref_max_abs),
-            "mismatched": self.mismatched,
-            "ok": self.ok,
-            "note": self.note,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> OutputCheck:
-        return cls(
-            name=data["name"],
-            shape=tuple(data["shape"]),
-            max_abs_err=float(data["max_abs_err"]),
-            max_rel_err=float(data["max_rel_err"]),
-            ref_max_abs=float(data["ref_max_abs"]),
-            mismatched=float(data["mismatched"]),
-            ok=bool(data["ok"]),
-            note=data.get("note", ""),
-        )
-
-
-def _json_float(value: float) -> float | str:
-    # JSON has no inf/nan; strings that float() reads back.
-    return value if math.isfinite(value) else str(value)
-
-
-def compare_output(
-    name: str, actual: np.ndarray, reference: np.ndarray, tolerance: float = DEFAULT_TOLERANCE
-) -> OutputCheck:
-    """Compare one output with its reference (see the module docstring for the rule)."""
-    actual = np.asarray(actual)
-    reference = np.asarray(reference)
-    shape = tuple(int(d) for d in reference.shape)
-    if actual.shape != reference.shape:
-        return OutputCheck(
-            name=name,
-            shape=shape,
-            max_abs_err=math.inf,
-            max_rel_err=math.inf,
-            ref_max_abs=0.0,
-            mismatched=1.0,
-            ok=False,
-            note=f"shape {tuple(actual.shape)} != reference {shape}",
-        )
-    if reference.size == 0:
-        return OutputCheck(name, shape, 0.0, 0.0, 0.0, 0.0, True)
-    wide = np.complex128 if reference.dtype.kind == "c" else np.float64
-    ref = reference.astype(wide)
-    act = actual.astype(wide)
-    finite = np.isfinite(ref)
-    same_nonfinite = ~finite & ((ref == act) | (np.isnan(ref) & np.isnan(act)))
-    with np.errstate(invalid="ignore"):
-        diff = np.where(finite, np.abs(act - ref), np.where(same_nonfinite, 0.0, np.inf))
-    diff = np.where(np.isnan(diff), np.inf, diff)  # NaN from TVM where ORT is finite
-    ref_max_abs = float(np.abs(ref[finite]).max()) if finite.any() else 0.0
-    max_abs = float(diff.max())
-    max_rel = max_abs / max(ref_max_abs, _SCALE_FLOOR)
-    exact = reference.dtype.kind not in "fc"
-    limit = 0.0 if exact else tolerance * max(ref_max_abs, _SCALE_FLOOR)
-    mismatched = float(np.count_nonzero(diff > limit)) / diff.size
-    ok = max_abs == 0.0 if exact else max_rel <= tolerance
-    note = "integer output: exact match required" if exact and not ok else ""
-    return OutputCheck(name, shape, max_abs, max_rel, ref_max_abs, mismatched, ok, note)
-
-
-def compare_outputs(
-    actual: Sequence[np.ndarray],
-    reference: Sequence[np.ndarray],
-    names: Sequence[str],
-    tolerance: float = DEFAULT_TOLERANCE,
-) -> tuple[OutputCheck, ...]:
-    """Compare outputs pairwise in order; a missing or extra output is a failed check."""
-    checks = [
-        compare_output(name, a, r, tolerance)
-        for name, a, r in zip(names, actual, reference, strict=False)
-    ]
-    count = min(len(actual), len(reference))
-    if len(actual) != len(reference) or len(names) != count:
-        checks.append(
-            OutputCheck(
-                name="<outputs>",
-                shape=(),
-                max_abs_err=math.inf,
-                max_rel_err=math.inf,
-                ref_max_abs=0.0,
-                mismatched=1.0,
-                ok=False,
-                note=f"{len(actual)} outputs vs {len(reference)} in the reference "
-                f"({len(names)} names)",
-            )
-        )
-    return tuple(checks)
+# What runs in the worker processes, called by name ("module:function").
+_WORKER_MODULE = "ago_search.bench_worker"
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,19 +219,10 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
-
-
 def _worker_env(runtime: str, threads: int) -> dict[str, str]:
-    from ago_search.build import tvm_thread_env
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (_package_root(), env.get("PYTHONPATH", "")) if p
-    )
+    """Thread settings of a worker process, read by the runtime when it is imported."""
     # numpy's BLAS is unused in the timed path; one thread keeps its pool from spinning.
-    env["OPENBLAS_NUM_THREADS"] = "1"
+    env = {"OPENBLAS_NUM_THREADS": "1"}
     if runtime != ORT:  # TVM's default build, or another TVM build (`bench_model(builds=)`)
         env.update(tvm_thread_env(threads))
     else:
@@ -373,44 +230,46 @@ def _worker_env(runtime: str, threads: int) -> dict[str, str]:
     return env
 
 
-def _failed(error: str) -> dict:
-    return {"error": error, "setup_s": 0.0, "threads_used": 0, "timing": None}
-
-
-def _run_worker(job: dict, workdir: Path, timeout_s: float) -> tuple[dict, list[np.ndarray]]:
-    """Run one job in a fresh process; returns its result record and outputs.
-
-    A crash, a timeout or an exception in the worker comes back as a record with `error`.
+def _run_isolated(
+    runtime: str,
+    threads: int,
+    model: Path,
+    input_names: list[str],
+    inputs: list[np.ndarray],
+    protocol: MeasureProtocol,
+    timeout_s: float,
+) -> tuple[RuntimeRun, list[np.ndarray]]:
+    """Time one runtime in a fresh process (start-up included in `timeout_s`); its run, with
+    no checks yet, and its outputs. A crash, a timeout or an exception is a run with `error`.
     """
-    tag = f"{job['runtime']}-{job['threads']}"
-    job_path = workdir / f"job-{tag}.json"
-    job = {**job, "result": str(workdir / f"result-{tag}.json")}
-    job["outputs"] = str(workdir / f"outputs-{tag}.npz")
-    job_path.write_text(json.dumps(job))
-    command = [sys.executable, "-m", "ago_search.bench", str(job_path)]
-    try:
-        proc = subprocess.run(
-            command,
-            env=_worker_env(job["runtime"], job["threads"]),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return _failed(f"timed out after {timeout_s:g} s"), []
-    if proc.stderr.strip():
-        log.debug("%s worker stderr:\n%s", tag, proc.stderr.rstrip())
-    result_path = Path(job["result"])
-    if proc.returncode != 0 or not result_path.exists():
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        return _failed(f"worker exited with {proc.returncode}: {tail}"), []
-    record = json.loads(result_path.read_text())
-    outputs = []
-    if record.get("error") is None:
-        with np.load(job["outputs"]) as data:
-            outputs = [data[f"arr_{i}"] for i in range(len(data.files))]
-    return record, outputs
+    is_ort = runtime == ORT
+    function = f"{_WORKER_MODULE}:{'run_onnxruntime' if is_ort else 'run_tvm'}"
+    deadline = time.monotonic() + timeout_s
+    worker = IsolatedWorker(
+        preload=(_WORKER_MODULE, "onnxruntime" if is_ort else "ago_search.build"),
+        env=_worker_env(runtime, threads),
+        max_uses=1,
+        startup_timeout=timeout_s,
+        name=f"bench-{runtime}-{threads}",
+    )
+    error = None
+    with worker:
+        try:
+            worker.ready()
+            args = (str(model), input_names, inputs, threads, protocol.to_json())
+            result = worker.call(function, *args, timeout=max(deadline - time.monotonic(), 0.0))
+        except WorkerTimeout:
+            error = f"timed out after {timeout_s:g} s"
+        except WorkerCrashed as err:
+            lines = str(err).strip().splitlines()
+            error = " | ".join(lines[:1] + lines[1:][-3:])
+        except WorkerError as err:  # a failing runtime is a record, not a crash of the benchmark
+            log.debug("%s worker failed:\n%s", runtime, err)
+            error = str(err).split("\nTraceback (most recent call last):", 1)[0]
+    if error is not None:
+        return RuntimeRun(runtime, threads, None, 0.0, 0, error=error), []
+    run = RuntimeRun(runtime, threads, result["timing"], result["setup_s"], result["threads_used"])
+    return run, list(result["outputs"])
 
 
 def _source_checks(
@@ -445,6 +304,7 @@ def bench_model(
     tolerance: float = DEFAULT_TOLERANCE,
     timeout_s: float = 600.0,
     builds: Mapping[str, Any] | None = None,
+    tvm_default: bool = True,
 ) -> BenchResult:
     """ORT vs TVM's default build of `imported`, per thread count, timed and verified.
 
@@ -452,7 +312,8 @@ def bench_model(
     each in its own process (see the module docstring). A runtime that crashes, fails or
     times out is a run with `error` set, not an exception. builds: further TVM executables
     of the same model (label -> relax VMExecutable, e.g. a tuned plan), each timed and
-    verified like TVM's default build, as runtime `label`.
+    verified like TVM's default build, as runtime `label`. tvm_default=False leaves TVM's
+    default build out (ORT still runs: it is the reference).
     """
     from ago_search import build, devices
 
@@ -470,15 +331,18 @@ def bench_model(
     names = list(imported.output_names)
 
     start = time.perf_counter()
-    executable = build.build_default(imported.mod, target)
+    executable = build.build_default(imported.mod, target) if tvm_default else None
     compile_s = time.perf_counter() - start
-    log.info("TVM default build: %.2f s", compile_s)
+    if executable is not None:
+        log.info("TVM default build: %.2f s", compile_s)
 
     runs: list[RuntimeRun] = []
     with tempfile.TemporaryDirectory(prefix="ago-bench-") as tmp:
         workdir = Path(tmp)
         start = time.perf_counter()
-        library = build.export_executable(executable, workdir / "model.so")
+        default = {}
+        if executable is not None:
+            default[TVM_DEFAULT] = build.export_executable(executable, workdir / "model.so")
         export_s = time.perf_counter() - start
         libraries = {
             label: build.export_executable(exe, workdir / f"model-{label}.so")
@@ -488,44 +352,25 @@ def bench_model(
         # Past protobuf's 2 GiB limit the weights must go to a side file.
         large = imported.onnx_model.ByteSize() > (1 << 31) - (64 << 20)
         onnx.save_model(imported.onnx_model, onnx_path, save_as_external_data=large)
-        inputs_path = workdir / "inputs.npz"
-        np.savez(inputs_path, *[feeds[s.name] for s in imported.inputs])
-        common = {
-            "inputs": str(inputs_path),
-            "input_names": [s.name for s in imported.inputs],
-            "protocol": protocol.to_json(),
-        }
+        input_names = [s.name for s in imported.inputs]
+        inputs = [feeds[name] for name in input_names]
+        models = {ORT: onnx_path, **default, **libraries}
         references: dict[int, list[np.ndarray]] = {}
         for count in thread_counts:
-            job = {**common, "threads": count}
-            record, outputs = _run_worker(
-                {**job, "runtime": ORT, "model": str(onnx_path)}, workdir, timeout_s
-            )
-            runs.append(_runtime_run(ORT, count, record, ()))
-            if outputs:
-                references[count] = outputs
-            log.info("%s", _describe(runs[-1]))
-            record, outputs = _run_worker(
-                {**job, "runtime": TVM_DEFAULT, "model": str(library)}, workdir, timeout_s
-            )
-            checks: tuple[OutputCheck, ...] = ()
-            if count in references:
-                checks = compare_outputs(outputs, references[count], names, tolerance)
-            elif record["error"] is None:
-                record = {**record, "error": "not verified: ONNX Runtime failed at this count"}
-            runs.append(_runtime_run(TVM_DEFAULT, count, record, checks))
-            log.info("%s", _describe(runs[-1]))
-            for label, path in libraries.items():
-                record, outputs = _run_worker(
-                    {**job, "runtime": label, "model": str(path)}, workdir, timeout_s
+            for runtime, model in models.items():
+                run, outputs = _run_isolated(
+                    runtime, count, model, input_names, inputs, protocol, timeout_s
                 )
-                checks = ()
-                if count in references:
+                if runtime == ORT:
+                    if outputs:
+                        references[count] = outputs
+                elif run.error is None and count in references:
                     checks = compare_outputs(outputs, references[count], names, tolerance)
-                elif record["error"] is None:
-                    record = {**record, "error": "not verified: ONNX Runtime failed at this count"}
-                runs.append(_runtime_run(label, count, record, checks))
-                log.info("%s", _describe(runs[-1]))
+                    run = replace(run, checks=checks)
+                elif run.error is None:
+                    run = replace(run, error="not verified: ONNX Runtime failed at this count")
+                runs.append(run)
+                log.info("%s", _describe(run))
 
     source_checks: tuple[OutputCheck, ...] = ()
     source_note = "not checked: ONNX Runtime failed"
@@ -550,21 +395,6 @@ def bench_model(
     )
 
 
-def _runtime_run(
-    runtime: str, threads: int, record: dict, checks: tuple[OutputCheck, ...]
-) -> RuntimeRun:
-    timing = record.get("timing")
-    return RuntimeRun(
-        runtime=runtime,
-        threads=threads,
-        timing=Timing.from_json(timing) if timing is not None else None,
-        setup_s=float(record.get("setup_s", 0.0)),
-        threads_used=int(record.get("threads_used", 0)),
-        checks=checks if record.get("error") is None else (),
-        error=record.get("error"),
-    )
-
-
 def _describe(run: RuntimeRun) -> str:
     if run.timing is None:
         return f"{run.runtime} x{run.threads}: failed: {run.error}"
@@ -572,168 +402,3 @@ def _describe(run: RuntimeRun) -> str:
         f"{run.runtime} x{run.threads}: median {run.timing.median * 1e3:.4g} ms "
         f"(spread {run.timing.spread * 100:.1f} %, {run.threads_used} threads busy)"
     )
-
-
-# ---------------------------------------------------------------------------------------
-# The table
-
-
-def _fmt_err(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2e}" if math.isfinite(value) else str(value)
-
-
-def format_bench_table(result: BenchResult) -> str:
-    """A fixed-width text table: one row per runtime and thread count, then the context."""
-    header = (
-        f"{'runtime':<13} {'threads':>7} {'busy':>4} {'median ms':>10} {'spread %':>8} "
-        f"{'vs ORT':>7} {'max abs err':>11} {'max rel err':>11}  verified"
-    )
-    lines = [
-        f"model:    {result.model}",
-        f"cpu:      {result.cpu}",
-        f"target:   {result.target}",
-        f"versions: tvm {result.versions.get('tvm', '?')}, "
-        f"onnxruntime {result.versions.get('onnxruntime', '?')}",
-        "",
-        header,
-        "-" * len(header),
-    ]
-    for run in sorted(result.runs, key=lambda r: (r.threads, r.runtime != ORT)):
-        if run.timing is None:
-            lines.append(f"{run.runtime:<13} {run.threads:>7}  failed (see below)")
-            continue
-        speedup = result.speedup(run.runtime, run.threads)
-        abs_err = max((c.max_abs_err for c in run.checks), default=None)
-        rel_err = max((c.max_rel_err for c in run.checks), default=None)
-        verified = "yes" if run.verified else "NO"
-        if run.runtime == ORT and run.verified:
-            verified = "reference"
-        lines.append(
-            f"{run.runtime:<13} {run.threads:>7} {run.threads_used:>4} "
-            f"{run.timing.median * 1e3:>10.4g} {run.timing.spread * 100:>8.1f} "
-            f"{(f'{speedup:.2f}x' if speedup is not None else '-'):>7} "
-            f"{_fmt_err(abs_err):>11} {_fmt_err(rel_err):>11}  {verified}"
-        )
-    lines.append("")
-    for run in result.runs:
-        if run.error is not None:
-            lines.append(f"{run.runtime} x{run.threads}: {run.error}")
-        for check in run.checks:
-            if not check.ok:
-                lines.append(
-                    f"{run.runtime} x{run.threads}: output '{check.name}' differs from ORT's: "
-                    f"{check.mismatched:.1%} of elements beyond tolerance {check.note}".rstrip()
-                )
-    setup = ", ".join(
-        f"{r.runtime} x{r.threads} {r.setup_s:.2f} s" for r in result.runs if r.timing is not None
-    )
-    lines.append(f"TVM default build: {result.compile_s:.2f} s; setup: {setup}")
-    if result.source_checks:
-        worst = max(c.max_rel_err for c in result.source_checks)
-        state = "same" if all(c.ok for c in result.source_checks) else "DIFFERENT"
-        lines.append(f"folded graph vs the model file (ORT): {state}, max rel err {worst:.2e}")
-    elif result.source_check_note:
-        lines.append(f"folded graph vs the model file: {result.source_check_note}")
-    lines.append(
-        f"median of {result.protocol.repeat} repeats; spread = IQR / median; vs ORT = ORT "
-        "median / this median (> 1: faster); busy = OS threads that used CPU time; "
-        f"rel err = abs err / max |ORT output|, tolerance {result.tolerance:g}"
-    )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------
-# The worker process: `python -m ago_search.bench JOB.json`
-
-
-def _thread_cpu_ticks() -> dict[str, int]:
-    """CPU time (clock ticks, user + system) of each thread of this process."""
-    ticks = {}
-    task_dir = Path("/proc/self/task")
-    if not task_dir.is_dir():
-        return ticks
-    for task in task_dir.iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # the thread ended meanwhile
-        ticks[task.name] = int(fields[11]) + int(fields[12])
-    return ticks
-
-
-def _busy_threads(before: dict[str, int], after: dict[str, int]) -> int:
-    deltas = [after[t] - before.get(t, 0) for t in after]
-    total = sum(deltas)
-    if total <= 0:
-        return 1 if after else 0  # too short to see: the calling thread ran it
-    return sum(1 for d in deltas if d > 0 and d >= _BUSY_SHARE * total)
-
-
-def _timed(fn: Callable[[], object], protocol: MeasureProtocol) -> tuple[Timing, int]:
-    before = _thread_cpu_ticks()
-    timing = time_callable(fn, protocol)
-    return timing, _busy_threads(before, _thread_cpu_ticks())
-
-
-def _ort_worker(job: dict, inputs: list[np.ndarray], protocol: MeasureProtocol) -> dict:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = job["threads"]
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    start = time.perf_counter()
-    session = ort.InferenceSession(job["model"], options, providers=["CPUExecutionProvider"])
-    setup_s = time.perf_counter() - start
-    # The binding points into these arrays: they live as long as this frame does.
-    feeds = {n: np.ascontiguousarray(a) for n, a in zip(job["input_names"], inputs, strict=True)}
-    outputs = session.run(None, feeds)
-    binding = session.io_binding()
-    for name, array in feeds.items():
-        binding.bind_cpu_input(name, array)
-    for output in session.get_outputs():
-        binding.bind_output(output.name, "cpu")
-    timing, busy = _timed(lambda: session.run_with_iobinding(binding), protocol)
-    return {"setup_s": setup_s, "timing": timing, "threads_used": busy, "outputs": outputs}
-
-
-def _tvm_worker(job: dict, inputs: list[np.ndarray], protocol: MeasureProtocol) -> dict:
-    from ago_search.build import VMRunner, load_executable, tvm_num_threads
-
-    start = time.perf_counter()
-    runner = VMRunner(load_executable(job["model"]), inputs)
-    setup_s = time.perf_counter() - start
-    outputs = runner.outputs()
-    timing, busy = _timed(runner, protocol)
-    # Checked only now: asking creates TVM's thread pool, whose new threads spin for about
-    # 0.1 s, which would be timed along with code that never uses the pool.
-    actual = tvm_num_threads()
-    if actual != job["threads"]:
-        raise RuntimeError(f"TVM uses {actual} threads, {job['threads']} were asked for")
-    return {"setup_s": setup_s, "timing": timing, "threads_used": busy, "outputs": outputs}
-
-
-def _worker_main(job_path: str) -> int:
-    job = json.loads(Path(job_path).read_text())
-    protocol = MeasureProtocol.from_json(job["protocol"])
-    with np.load(job["inputs"]) as data:
-        inputs = [data[f"arr_{i}"] for i in range(len(job["input_names"]))]
-    worker = _ort_worker if job["runtime"] == ORT else _tvm_worker
-    try:
-        result = worker(job, inputs, protocol)
-    except Exception as exc:  # a failing runtime is a record, not a crash of the benchmark
-        log.exception("%s worker failed", job["runtime"])
-        record = {"error": f"{type(exc).__name__}: {exc}"}
-    else:
-        np.savez(job["outputs"], *result.pop("outputs"))
-        record = {**result, "timing": result["timing"].to_json(), "error": None}
-    Path(job["result"]).write_text(json.dumps(record))
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(_worker_main(sys.argv[1]))

@@ -5,43 +5,42 @@ FuseTIR), no schedules. It is the baseline every plan is compared with. `VMRunne
 executable with its inputs already on the device, so that one call is one inference and
 nothing else.
 
-Threads of TVM's runtime (found by trying on TVM 0.27, counting per-thread CPU time from
-/proc/self/task on a parallel matmul, not by timings). Generated code's `parallel` loops run
-on one pool per process, created on first use with TVM_NUM_THREADS, else OMP_NUM_THREADS,
-else *half* the hardware threads on x86 (TVM assumes hyper-threading: 1 thread on a 2-core
-machine without SMT). Once created, the pool never grows: `runtime.config_threadpool(mode,
-n)` can only lower the count. Mode 1 (big cores) also pins the calling Python thread to the
-first cores (core 0 alone where the pool has 1 thread), and threads created later inherit
-that mask: an ONNX Runtime session made afterwards with 2 threads ran both on core 0. Mode -3
-(threads share all listed cores) pins nothing, and when it is the first use of the pool it
-creates the pool with one thread per listed core. So: `tvm_thread_env(n)` gives a fresh
-process a pool of exactly n threads (how the benchmark runs TVM); `set_tvm_threads(n)`
-changes the count in this process, up to all cores if called before any parallel TVM code,
-else up to the pool's first size, and raises if TVM does not report n afterwards. In both,
-TVM's pinning of pool threads is off (TVM_BIND_THREADS=0 or mode -3).
+`compile_plan` builds a model as a plan groups it (`apply_plan`, then the lowering of TVM's
+default CPU pipeline); `compile_plan_tuned` applies the database's best record of each kernel
+first and says which kernels got none. Both take `fused=`, the module `apply_plan` gave, so a
+caller that has it does not fuse again.
+
+TVM's thread settings (`tvm_thread_env`, `set_tvm_threads`) are in
+`ago_search.measure.threads`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax
 
+from ago_search.graph.opgraph import OpGraph
+from ago_search.plan import Plan, apply_plan
+
 __all__ = [
+    "TunedBuild",
     "VMRunner",
+    "apply_schedules",
     "build_default",
+    "compile_plan",
+    "compile_plan_tuned",
     "export_executable",
     "load_executable",
+    "lowering_passes",
     "run_executable",
-    "set_tvm_threads",
-    "tvm_num_threads",
-    "tvm_thread_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,115 @@ def build_default(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecu
     Without `relax_pipeline`, tvm.compile on a CPU legalizes but does not fuse.
     """
     return tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
+
+
+def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """What TVM's default CPU pipeline runs after FuseTIR: its dataflow lowering and
+    finalisation passes (`relax/backend/cpu_generic/pipeline.py`), taken from TVM itself."""
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    return pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
+
+
+def _lower(target: tvm.target.Target) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="ago_lower")
+    def lower(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(lowering_passes(target))(mod)
+
+    return lower
+
+
+def compile_plan(
+    legalized_mod: tvm.IRModule,
+    graph: OpGraph,
+    plan: Plan,
+    target: tvm.target.Target,
+    database: Any | None = None,
+    *,
+    fused: tvm.IRModule | None = None,
+) -> relax.VMExecutable:
+    """Build the model as the plan groups it: apply_plan, then TVM's default lowering.
+
+    Without `database` the kernels are untuned; with one (a MetaSchedule `Database`, e.g.
+    `database.SqliteDatabase(store, device_key)`) each group's best record is applied first
+    (`compile_plan_tuned`, which also says which kernels got one). `fused`, when given, is
+    `apply_plan(legalized_mod, graph, plan, target)` made before: it is built as it is.
+    """
+    if database is not None:
+        tuned = compile_plan_tuned(legalized_mod, graph, plan, target, database, fused=fused)
+        return tuned.executable
+    if any(g.schedule is not None for g in plan.groups):
+        log.warning("compile_plan builds untuned kernels; the plan's schedules are ignored")
+    if fused is None:
+        fused = apply_plan(legalized_mod, graph, plan, target)
+    return tvm.compile(fused, target, relax_pipeline=_lower(target))
+
+
+_SCHEDULED_ATTR = "tirx.is_scheduled"  # what MetaScheduleApplyDatabase marks its PrimFuncs with
+
+
+@dataclass(frozen=True)
+class TunedBuild:
+    """A compiled plan with tuning records applied, and which kernels got one.
+
+    scheduled: PrimFuncs a record was applied to; untuned: those compiled without one.
+    """
+
+    executable: relax.VMExecutable
+    scheduled: tuple[str, ...]
+    untuned: tuple[str, ...]
+
+    @property
+    def kernels(self) -> int:
+        return len(self.scheduled) + len(self.untuned)
+
+
+def apply_schedules(
+    fused_mod: tvm.IRModule, target: tvm.target.Target, database: Any
+) -> tuple[tvm.IRModule, tuple[str, ...], tuple[str, ...]]:
+    """The fused module (after FuseTIR) with the database's best record of each PrimFunc
+    applied (`MetaScheduleApplyDatabase` under `with target, database`), and the names of
+    the PrimFuncs that got one and of those that did not.
+
+    `database` is a MetaSchedule `Database`; ours (`database.SqliteDatabase`) serves
+    only records with status ok, so failures and wrong results are never applied.
+    """
+    with target, database:
+        scheduled_mod = relax.transform.MetaScheduleApplyDatabase()(fused_mod)
+    scheduled, untuned = [], []
+    for gv, func in scheduled_mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        has_record = func.attrs is not None and bool(func.attrs.get(_SCHEDULED_ATTR, False))
+        (scheduled if has_record else untuned).append(gv.name_hint)
+    return scheduled_mod, tuple(sorted(scheduled)), tuple(sorted(untuned))
+
+
+def compile_plan_tuned(
+    legalized_mod: tvm.IRModule,
+    graph: OpGraph,
+    plan: Plan,
+    target: tvm.target.Target,
+    database: Any,
+    *,
+    fused: tvm.IRModule | None = None,
+) -> TunedBuild:
+    """apply_plan, the database's schedules (`apply_schedules`), then TVM's lowering.
+
+    `fused`, when given, is `apply_plan(legalized_mod, graph, plan, target)` made before: the
+    schedules are applied to it and nothing is fused again. Check `TunedBuild.untuned`: a
+    kernel without a record is built untuned (TVM_NOTES.md: records silently not found are
+    the usual way a tuned build comes out slow).
+    """
+    if fused is None:
+        fused = apply_plan(legalized_mod, graph, plan, target)
+    scheduled_mod, scheduled, untuned = apply_schedules(fused, target, database)
+    if untuned:
+        count = len(scheduled) + len(untuned)
+        log.info("%d of %d kernels have no tuning record", len(untuned), count)
+    executable = tvm.compile(scheduled_mod, target, relax_pipeline=_lower(target))
+    return TunedBuild(executable, scheduled, untuned)
 
 
 def export_executable(executable: relax.VMExecutable, path: str | Path) -> Path:
@@ -110,45 +218,3 @@ def run_executable(
 ) -> list[np.ndarray]:
     """Run `main` once on numpy inputs (in parameter order); outputs as numpy arrays."""
     return VMRunner(executable, inputs).outputs()
-
-
-def tvm_thread_env(num_threads: int) -> dict[str, str]:
-    """Environment for a fresh process whose TVM thread pool has exactly num_threads threads.
-
-    Pinning is off, as ONNX Runtime's threads are not pinned either, and on a shared machine
-    a pinned thread waits for its core while another core is idle.
-    """
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    return {
-        "TVM_NUM_THREADS": str(num_threads),
-        "OMP_NUM_THREADS": str(num_threads),
-        "TVM_BIND_THREADS": "0",
-    }
-
-
-def tvm_num_threads() -> int:
-    """Threads TVM's pool uses for parallel loops in this process (creates the pool)."""
-    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
-
-
-def set_tvm_threads(num_threads: int) -> None:
-    """Set the threads of this process's TVM pool; they share all cores, nothing is pinned.
-
-    The pool cannot grow past its size at creation (see the module docstring): call this
-    before any parallel TVM code runs to be able to use every core. Raises RuntimeError if
-    TVM does not report the requested count afterwards.
-    """
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = list(range(os.cpu_count() or 1))
-    # Mode -3 = kSpecifyThreadShareAllCore: no pinning; sizes a new pool by the core list.
-    config = tvm_ffi.get_global_func("runtime.config_threadpool")
-    config(-3, num_threads, [str(core) for core in cores])
-    actual = tvm_num_threads()
-    if actual != num_threads:
-        raise RuntimeError(f"asked TVM for {num_threads} threads, it uses {actual}")
-    log.debug("TVM thread pool: %d threads over cores %s", num_threads, cores)

@@ -43,6 +43,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    search = sub.add_parser(
+        "search",
+        help="the main job: search partitions, fusion and schedules within a time budget "
+        "(also: ago-search MODEL --budget 2h)",
+    )
+    _model_args(search)
+    search.add_argument(
+        "--budget",
+        required=True,
+        metavar="TIME",
+        help="wall-clock time in all, e.g. 45s, 20m, 2h, 1h30m (a resumed search counts what "
+        "earlier runs spent)",
+    )
+    search.add_argument(
+        "--device", default="host", help="'host' (default), a device name or a .toml profile"
+    )
+    search.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: <model name>-ago-search); run again on it to go on",
+    )
+    search.add_argument("--seed", type=int, default=0, help="random seed of the search")
+    search.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join a running Ray cluster (e.g. auto); default: an embedded one on this machine",
+    )
+    search.add_argument(
+        "--cost-model",
+        choices=["gnn", "xgb", "xgb-ms", "random"],
+        default="gnn",
+        help="what guides the loop search (default: gnn, the shipped pretrained model)",
+    )
+    search.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (log lines only)"
+    )
+
     inspect = sub.add_parser(
         "inspect",
         help="operators, FLOPs, parameters, mapping types, TVM's default fusion groups",
@@ -264,14 +303,62 @@ def _tuning_db_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write the full report as JSON here")
 
 
+COMMANDS = (
+    "search",
+    "inspect",
+    "bench",
+    "tune-tasks",
+    "measure",
+    "train-cost-model",
+    "collect",
+    "remeasure",
+)
+
+
+def _with_command(argv: list[str]) -> list[str]:
+    """`ago-search MODEL --budget 2h` is `ago-search search MODEL --budget 2h`."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("-"):
+            if arg in ("-h", "--help", "--version"):
+                return argv
+            continue
+        return argv if arg in COMMANDS else [*argv[:i], "search", *argv[i:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_with_command(argv))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         from ago_search import api
 
-        if args.command == "inspect":
+        if args.command == "search":
+            for name in ("ago_search.search",):
+                logging.getLogger(name).setLevel(min(level, logging.INFO))
+            result = api.search(
+                args.model,
+                args.budget,
+                args.input_shape,
+                device=args.device,
+                out=args.out,
+                seed=args.seed,
+                ray_address=args.ray_address,
+                cost_model=args.cost_model,
+                progress=not args.no_progress,
+            )
+            print(api.format_search(result))
+            if result.interrupted:
+                return 130
+            if not result.summary.get("verified"):
+                print(
+                    "\nthe plan's outputs differ from ONNX Runtime's, or it could not be timed "
+                    "(see above)",
+                    file=sys.stderr,
+                )
+                return 3
+        elif args.command == "inspect":
             report = api.inspect(
                 args.model, args.input_shape, plan=args.plan, rewrite=not args.no_rewrite
             )

@@ -172,10 +172,7 @@ def gather_tasks(
     sources: Sequence[ModelSource], seeds: Sequence[str], target: Any
 ) -> tuple[dict[str, _Entry], dict[str, int], list[str]]:
     """(task_key -> entry, unique tasks per seed, failures) over every model x seed."""
-    from ago_search.frontend import import_onnx
-    from ago_search.pipeline import prepare_model, seed_partition
-    from ago_search.plan import Plan, apply_plan
-    from ago_search.schedule import extract_tasks
+    from ago_search.pipeline import import_model, plan_model, prepare_model
     from cost_model.features import op_infos_from_opgraph
 
     entries: dict[str, _Entry] = {}
@@ -183,7 +180,7 @@ def gather_tasks(
     failed: list[str] = []
     for source in sources:
         try:
-            prepared = prepare_model(import_onnx(source.path, source.input_shapes), target)
+            prepared = prepare_model(import_model(source.path, source.input_shapes), target)
         except Exception as exc:  # a long run keeps going without this model
             log.warning("%s: not imported: %s", source.name, exc)
             failed.append(f"{source.name}: {exc}")
@@ -191,10 +188,7 @@ def gather_tasks(
         for seed in seeds:
             start = time.perf_counter()
             try:
-                partition = seed_partition(prepared, seed).partition
-                plan = Plan.from_assignment(prepared.graph, partition.assignment())
-                fused = apply_plan(prepared.legalized, prepared.graph, plan, target)
-                tasks = extract_tasks(fused, target, plan, prepared.graph)
+                tasks = plan_model(prepared, seed).tasks
             except Exception as exc:
                 log.warning("%s/%s: no tasks: %s", source.name, seed, exc)
                 failed.append(f"{source.name}/{seed}: {exc}")
@@ -306,9 +300,12 @@ def collect(
     labels_only: write models.json and tasks.json and stop (nothing is measured, the database
     is not opened): refreshes the labels of a collection made by an older version.
     """
-    from ago_search.database import Status, TuningDatabase
+    from ago_search.database import Status, TuningDatabase, export_jsonl, import_jsonl
     from ago_search.devices import load_device
-    from ago_search.schedule.tune import TuningConfig, task_results, tune_tasks
+    from ago_search.schedule.config import TuningConfig
+    from ago_search.schedule.results import task_results
+    from ago_search.schedule.tune import tune_tasks
+    from cost_model.factory import make_cost_model
 
     started = time.perf_counter()
     deadline = started + hours * 3600 if hours else None
@@ -370,7 +367,7 @@ def collect(
     if len(store) == 0 and export.is_file():
         # A fresh clone has the committed export but not the database: start from the export,
         # or the first batch's export would overwrite it with fewer records.
-        imported = store.import_jsonl(export)
+        imported = import_jsonl(store, export)
         log.info("started the database from %s: %s records", export, imported)
     records_before = len(store)
     stopped, passes = "done", 0
@@ -408,13 +405,13 @@ def collect(
                     scheduler="round-robin",
                     trials_per_round=round_trials,
                     search="replay" if model_name == "random" else "evolutionary",
-                    cost_model=model_name,
                     verify=verify,
                     seed=seed,
                     protocol=protocol,
                 )
                 try:
-                    report = tune_tasks(batch, profile, store, config)
+                    guide = make_cost_model(model_name, seed=seed)
+                    report = tune_tasks(batch, profile, store, config, cost_model=guide)
                 except Exception as exc:  # noqa: BLE001 - an hours-long run outlives one batch
                     # Every measurement is already in the database; the next batch goes on.
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
@@ -423,7 +420,7 @@ def collect(
                 pass_new += report.trials_run
                 exported = ""
                 if time.perf_counter() - last_export >= export_every_s:
-                    store.export_jsonl(export, device_key=profile.key)
+                    export_jsonl(store, export, device_key=profile.key)
                     last_export, exported = time.perf_counter(), f"; exported {export}"
                 seconds = time.perf_counter() - batch_start
                 added = len(store) - before
@@ -450,7 +447,7 @@ def collect(
         if exhausted and len(exhausted) == len(tasks):
             stopped = "exhausted"
         if not export.exists() or len(store) != records_before:
-            store.export_jsonl(export, device_key=profile.key)
+            export_jsonl(store, export, device_key=profile.key)
         statuses = {str(s): n for s, n in store.status_counts(device_key=profile.key).items()}
         records_after = len(store)
     finally:
@@ -464,29 +461,3 @@ def collect(
         wall_s=time.perf_counter() - started,
         stopped=stopped,
     )
-
-
-def format_collect(report: CollectReport) -> str:
-    """The end-of-run summary."""
-    lines = [
-        f"device {report.device_key}: {len(report.models)} models x {len(report.seeds)} seeds "
-        f"-> {report.tasks} unique tasks ({report.multi_complex_tasks} with several complex "
-        "ops)",
-        "tasks per seed: " + ", ".join(f"{s} {n}" for s, n in report.tasks_per_seed.items()),
-        f"passes run: {report.passes} (target {report.trials_per_task} trials per task), "
-        f"stopped: {report.stopped}",
-        f"records: {report.records_after} in the database, {report.new_records} new in "
-        f"{report.wall_s:.0f} s ({report.records_per_s:.2f} records/s)",
-        "by status: " + ", ".join(f"{s} {n}" for s, n in report.statuses.items()),
-        f"database: {report.database}",
-        f"export:   {report.export} (+ {MODELS_FILE}, {TASKS_FILE})",
-    ]
-    if report.stopped == "labels only":
-        lines = [
-            *lines[:2],
-            f"labels only: {MODELS_FILE} and {TASKS_FILE} written beside "
-            f"{report.export}; nothing measured",
-        ]
-    if report.failed:
-        lines.append("not collected: " + "; ".join(report.failed))
-    return "\n".join(lines)

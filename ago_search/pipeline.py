@@ -1,24 +1,41 @@
-"""From an imported model to what the search works on: rewrite -> legalize -> OpGraph.
+"""The one path from (model, input shapes, plan or seed, device) to what tuning and the
+search work on: import -> rewrite -> legalize -> OpGraph -> plan -> fused module -> tasks.
 
-`prepare_model(imported, target)` runs the DNNFusion-style rewrites on the high-level Relax
-module, legalizes it (every operator a `call_tir`; the module plans are applied to) and reads
-the OpGraph off it. Everything downstream (seeds, plans, tasks, tuning, the search) takes a
-`PreparedModel`, so the three stay consistent: a plan made on this graph applies to this
-legalized module.
+- `load_planned(model, input_shapes, plan, device)`: all of it, as a `PlannedModel` (the
+  imported and prepared model, the plan, the fused module, built once, and its tasks). The
+  CLI, `collect`, the scripts and the tests start here.
+- `prepare_model(imported, target)`: the DNNFusion-style rewrites on the high-level Relax
+  module, legalization (every operator a `call_tir`; the module plans are applied to) and the
+  OpGraph read off it. Everything downstream takes a `PreparedModel`, so the three stay
+  consistent: a plan made on this graph applies to this legalized module.
+- `plan_model(prepared, plan)`: one plan (a seed name, a plan.json or a `Plan`) of a prepared
+  model, applied once, with its tasks; several plans of one model share its preparation.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import tvm
 
-from ago_search.frontend import ImportedModel
-from ago_search.graph import OpGraph, build_opgraph, legalize
+from ago_search.devices import DeviceProfile, load_device
+from ago_search.errors import AgoSearchError
+from ago_search.frontend import ImportedModel, import_onnx, parse_input_shapes
+from ago_search.graph import OpGraph, build_opgraph, legalize, tvm_default_groups
+from ago_search.partition import (
+    SeedResult,
+    dnnfusion_seed,
+    host_cache_bytes,
+    intensive_seed,
+    tvm_seed,
+)
+from ago_search.plan import Plan, apply_plan
 from ago_search.rewrite import RewriteReport, rewrite
+from ago_search.schedule.tasks import Task, extract_tasks
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +77,14 @@ def prepare_model(
 SEED_NAMES = ("tvm", "dnnfusion", "intensive")
 
 
-def seed_partition(prepared: PreparedModel, name: str, cache_bytes: int | None = None):
+def seed_partition(
+    prepared: PreparedModel, name: str, cache_bytes: int | None = None
+) -> SeedResult:
     """One of the seed partitions (`SEED_NAMES`) of a prepared model, as a `SeedResult`.
 
     `intensive` fuses several complex ops while the group's working set fits `cache_bytes`
     (default: this host's L2, `host_cache_bytes()`).
     """
-    from ago_search.errors import AgoSearchError
-    from ago_search.graph import tvm_default_groups
-    from ago_search.partition import dnnfusion_seed, host_cache_bytes, intensive_seed, tvm_seed
-
     graph = prepared.graph
     if name == "tvm":
         default = tvm_default_groups(
@@ -82,3 +97,104 @@ def seed_partition(prepared: PreparedModel, name: str, cache_bytes: int | None =
         budget = cache_bytes if cache_bytes is not None else host_cache_bytes()
         return intensive_seed(graph, cache_bytes=budget)
     raise AgoSearchError(f"unknown seed plan '{name}': choose one of {', '.join(SEED_NAMES)}")
+
+
+def seed_plan(prepared: PreparedModel, name: str, cache_bytes: int | None = None) -> Plan:
+    """The `Plan` of one seed partition (`SEED_NAMES`) of a prepared model."""
+    seed = seed_partition(prepared, name, cache_bytes)
+    return Plan.from_assignment(prepared.graph, seed.partition.assignment())
+
+
+def resolve_plan(prepared: PreparedModel, plan: str | Path | Plan) -> tuple[Plan, str]:
+    """A seed plan by name, a plan.json, or a `Plan` as it is; with the name it goes by."""
+    if isinstance(plan, Plan):
+        return plan, "plan"
+    if str(plan) in SEED_NAMES:
+        return seed_plan(prepared, str(plan)), str(plan)
+    path = Path(plan)
+    if not path.is_file():
+        raise AgoSearchError(
+            f"--plan {plan}: neither a seed plan ({', '.join(SEED_NAMES)}) nor a plan file"
+        )
+    return Plan.load(path), str(path)
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """A prepared model under one plan: the fused module (apply_plan, made once) and the
+    distinct tasks it calls, for the prepared model's target."""
+
+    prepared: PreparedModel
+    plan: Plan
+    plan_name: str
+    fused: tvm.IRModule
+    tasks: tuple[Task, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def imported(self) -> ImportedModel:
+        return self.prepared.imported
+
+    @property
+    def graph(self) -> OpGraph:
+        return self.prepared.graph
+
+    @property
+    def target(self) -> tvm.target.Target:
+        return self.prepared.target
+
+
+def plan_model(prepared: PreparedModel, plan: str | Path | Plan = "tvm") -> PlannedModel:
+    """Apply one plan (seed name, plan.json or `Plan`) to a prepared model; extract its tasks."""
+    start = time.perf_counter()
+    the_plan, name = resolve_plan(prepared, plan)
+    fused = apply_plan(prepared.legalized, prepared.graph, the_plan, prepared.target)
+    seconds = {"plan": time.perf_counter() - start}
+    start = time.perf_counter()
+    tasks = extract_tasks(fused, prepared.target, the_plan, prepared.graph)
+    seconds["tasks"] = time.perf_counter() - start
+    return PlannedModel(prepared, the_plan, name, fused, tuple(tasks), seconds)
+
+
+def import_model(
+    model: str | Path | ImportedModel,
+    input_shapes: Sequence[str] | Mapping[str, Sequence[int]] | None = None,
+) -> ImportedModel:
+    """Import an ONNX file; `input_shapes` as CLI strings (NAME=DIMS) or a name -> shape map.
+    An `ImportedModel` is returned as it is."""
+    if isinstance(model, ImportedModel):
+        return model
+    if isinstance(input_shapes, Mapping):
+        shapes = {k: tuple(v) for k, v in input_shapes.items()}
+    else:
+        shapes = parse_input_shapes(list(input_shapes) if input_shapes else None)
+    return import_onnx(model, shapes)
+
+
+def load_planned(
+    model: str | Path | ImportedModel,
+    input_shapes: Sequence[str] | Mapping[str, Sequence[int]] | None = None,
+    plan: str | Path | Plan = "tvm",
+    device: str | Path | DeviceProfile = "host",
+    *,
+    rewrite_rules: Sequence[str] | None = None,
+    apply_rewrites: bool = True,
+) -> PlannedModel:
+    """Model file (or imported model) -> imported, prepared, planned, fused, tasks, for the
+    device's target (`device`: "host", a profile name or TOML path, or a `DeviceProfile`)."""
+    profile = device if isinstance(device, DeviceProfile) else load_device(device)
+    start = time.perf_counter()
+    imported = import_model(model, input_shapes)
+    prepared = prepare_model(
+        imported, profile.tvm_target(), rewrite_rules=rewrite_rules, apply_rewrites=apply_rewrites
+    )
+    seconds = {"prepare": time.perf_counter() - start}
+    planned = plan_model(prepared, plan)
+    return PlannedModel(
+        prepared,
+        planned.plan,
+        planned.plan_name,
+        planned.fused,
+        planned.tasks,
+        {**seconds, **planned.seconds},
+    )

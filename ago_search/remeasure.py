@@ -35,7 +35,7 @@ from typing import Any
 
 from ago_search.errors import AgoSearchError
 
-__all__ = ["RemeasureReport", "format_remeasure", "remeasure"]
+__all__ = ["RemeasureReport", "remeasure"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def remeasure(
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
-    from ago_search.database import Status, TuningDatabase
+    from ago_search.database import Status, TuningDatabase, import_jsonl
     from ago_search.devices import load_device
     from ago_search.measure import LocalBuilder, SubprocessRunner
     from ago_search.schedule.verify import ReferenceCheck
@@ -118,7 +118,7 @@ def remeasure(
         files = [Path(export)] + [f for f in files if f.resolve() != Path(export).resolve()]
     store = TuningDatabase(db)
     for file in files:
-        added = store.import_jsonl(file)
+        added = import_jsonl(store, file)
         log.info("imported %d new records from %s", added, file)
     tasks = [t.task_key for t in store.tasks(profile.key)]
     random.Random(seed).shuffle(tasks)
@@ -159,7 +159,7 @@ def remeasure(
                     timings[i].append(runner.measure_input(runner_input))
             new_records = []
             for i, record in enumerate(todo):
-                wrong_now = [m for m in timings[i] if (m.error or "").startswith("wrong result")]
+                wrong_now = [m for m in timings[i] if m.status is Status.WRONG_RESULT]
                 if wrong_now:
                     # TVM's code for this schedule computes wrong values (TVM_NOTES.md): it was
                     # not caught when first measured; it is never a label or a best now
@@ -262,14 +262,6 @@ def remeasure(
 
 
 def _export(store: Any, path: str | Path, device_key: str) -> None:
-    store.export_jsonl(path, device_key=device_key, where=lambda r: "remeasured" in r.extra)
+    from ago_search.database import export_jsonl
 
-
-def format_remeasure(report: RemeasureReport) -> str:
-    ratio = "n/a" if report.median_ratio is None else f"{report.median_ratio:.2f}"
-    return (
-        f"remeasured {report.remeasured} records of {report.device_key} in {report.wall_s:.0f} s "
-        f"({report.stopped}); tasks done {report.tasks_done}/{report.tasks}; failed "
-        f"{report.failed}; wrong results {report.wrong_result}; median new/recorded latency {ratio}; timings still disturbed "
-        f"after retries {report.disturbed}\n  database: {report.database}"
-    )
+    export_jsonl(store, path, device_key=device_key, where=lambda r: "remeasured" in r.extra)

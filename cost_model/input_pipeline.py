@@ -146,7 +146,7 @@ def _label_rank(line: Mapping[str, Any]) -> float | None:
 
 
 # A re-measured timing whose process got less than this share of its CPU time (another
-# process ran beside it through every retry: ago_search.measure.runners) is too long.
+# process ran beside it through every retry: ago_search.measure.runner) is too long.
 MIN_CPU_SHARE = 0.9
 
 

@@ -12,7 +12,7 @@ standardised scores (GNN: minus predicted log latency; XGB: log of its normalise
 the XGB's weighted n / (n + blend_trials) after n ok measurements of the task. With nothing
 measured yet the ranking is the GNN's alone; after many measurements it is mostly the task's own
 model's. `blend_trials=None` turns the blend off (the GNN with its fine-tuning only).
-`make_cost_model("gnn" | "xgb" | "random")` is what a `--cost-model` option maps to.
+`cost_model.factory.make_cost_model("gnn")` makes one from the `--cost-model` name.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from cost_model.features import CandidateGraph, Featurizer
 from cost_model.input_pipeline import Batch, padded_sizes
 from cost_model.predictor import Predictor, load_pretrained
 
-__all__ = ["GNNCostModel", "make_cost_model"]
+__all__ = ["GNNCostModel"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             from ago_search.devices import host_num_cores
 
             cores = num_tuning_cores or host_num_cores()
-            from ago_search.schedule.xgb import PackSumXGBModel
+            from cost_model.xgb import PackSumXGBModel
 
             self._xgb = PackSumXGBModel(num_tuning_cores=cores)
 
@@ -188,11 +188,3 @@ class GNNCostModel(ms.cost_model.PyCostModel):
 def _standardised(values: np.ndarray) -> np.ndarray:
     spread = values.std()
     return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
-
-
-def make_cost_model(name: str, **kwargs: Any) -> Any:
-    """The cost model a `--cost-model` choice names: "gnn" (ours, pretrained default unless a
-    `predictor` is given), or any MetaSchedule name ("xgb", "random", "mlp")."""
-    if name == "gnn":
-        return GNNCostModel(**kwargs)
-    return ms.cost_model.CostModel.create(name, **kwargs)

@@ -148,9 +148,9 @@ def generate_smoke_traces(out_path: str | Path, trials_per_task: int = 40, seed:
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    from ago_search.database import SqliteDatabase, TuningDatabase
+    from ago_search.database import SqliteDatabase, TuningDatabase, export_jsonl, task_key
     from ago_search.measure import register_cpu_tensor_intrinsics
-    from ago_search.schedule.tasks import task_key, workload_module
+    from ago_search.schedule.tasks import workload_module
 
     target = tvm.target.Target(SMOKE_TARGET)
     register_cpu_tensor_intrinsics(target)
@@ -185,6 +185,6 @@ def generate_smoke_traces(out_path: str | Path, trials_per_task: int = 40, seed:
                 num_tuning_cores=1,
                 seed=seed + i,
             )
-        store.export_jsonl(out_path, device_key=SMOKE_DEVICE)
+        export_jsonl(store, out_path, device_key=SMOKE_DEVICE)
         store.close()
     return out_path

@@ -1,6 +1,6 @@
 """The baseline: MetaSchedule's own `XGBModel`, trained on the same records as the GNN and
 scored with the same metrics. By default with its training step fixed for candidates of many
-buffer stores (`PackSumXGBModel`, ago_search/schedule/xgb.py; our tuning's "xgb"): as
+buffer stores (`PackSumXGBModel`, cost_model/xgb.py; our tuning's "xgb"): as
 MetaSchedule ships it ("xgb-ms") its training diverges on the fused groups of our traces and it
 ranks held-out models no better than chance, which would make a hollow baseline.
 
@@ -69,13 +69,13 @@ def _context(task: TaskSamples) -> Any:
 def fit_xgb(train: Dataset, seed: int = 0, variant: str = "xgb") -> Any:
     """An XGB model trained once on every task of `train`. variant "xgb": our
     `PackSumXGBModel` (MetaSchedule's model, its Newton step fixed for many-store
-    candidates: ago_search/schedule/xgb.py); "xgb-ms": `XGBModel` as MetaSchedule ships it.
+    candidates: cost_model/xgb.py); "xgb-ms": `XGBModel` as MetaSchedule ships it.
     Trains under the host's shared CPU lease, as the GNN does: never beside a measurement."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
     from ago_search.measure.lease import host_cpu_lease
-    from ago_search.schedule.xgb import xgb_model_class
+    from cost_model.xgb import xgb_model_class
 
     cls = xgb_model_class(variant)
     config = ms.cost_model.xgb_model.XGBConfig(seed=43 + seed)

@@ -10,7 +10,7 @@ population 128), same seed, same budget, each in a database of its own:
 - "xgb-ms": MetaSchedule's XGBModel as it ships, trained online from scratch, as MetaSchedule
   uses it;
 - "xgb": the same with its training step fixed for many-store candidates (our tuning's
-  default, ago_search/schedule/xgb.py);
+  default, cost_model/xgb.py);
 - "gnn": our GNN, trained beforehand on the traces of every *other* zoo model (the model
   being tuned is held out, so no task of it was seen), then updated online like XGB.
 
@@ -38,13 +38,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
-from bench_tuning import compile_from_db, tvm_plan_tasks  # noqa: E402
+from bench_tuning import compile_from_db, tvm_plan  # noqa: E402
 from make_zoo import make_zoo  # noqa: E402
 
 from ago_search.bench import ORT, bench_model  # noqa: E402
 from ago_search.database import Status, TuningDatabase  # noqa: E402
 from ago_search.devices import detect_host  # noqa: E402
-from ago_search.schedule.tune import SOURCE_UNTUNED, TuningConfig, tune_tasks  # noqa: E402
+from ago_search.report import markdown_table  # noqa: E402
+from ago_search.schedule.config import TuningConfig  # noqa: E402
+from ago_search.schedule.results import SOURCE_UNTUNED  # noqa: E402
+from ago_search.schedule.tune import tune_tasks  # noqa: E402
 
 log = logging.getLogger("bench_cost_model")
 
@@ -57,8 +60,8 @@ def held_out_gnn(
     name: str, traces: list[str], work: Path, steps: int | None, remeasured_only: bool = False
 ) -> Path:
     """A GNN trained on every zoo model's traces but `name`'s (trained once, kept)."""
-    from cost_model.cli import train_cost_model
     from cost_model.configs.default import Config
+    from cost_model.training import train_cost_model
 
     out = work / f"gnn-without-{name}"
     if (out / "params.npz").exists():
@@ -105,13 +108,13 @@ def at_fraction(curve: list[tuple[int, float]], budget: int, fraction: float) ->
 
 
 def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> dict:
-    from cost_model.ms_adapter import GNNCostModel
+    from cost_model.factory import make_cost_model
     from cost_model.predictor import Predictor
 
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    target = host.tvm_target()
-    imported, prepared, plan, tasks = tvm_plan_tasks(entry, target)
+    planned = tvm_plan(entry, host)
+    imported, tasks = planned.imported, planned.tasks
     budget = args.trials_per_task * len(tasks)
     log.info("%s: %d tasks, budget %d trials", name, len(tasks), budget)
 
@@ -121,15 +124,15 @@ def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> di
         db = work / f"{name}.{cost_model}.db"
         if cost_model == "gnn":
             gnn_dir = held_out_gnn(name, args.traces, work, args.gnn_steps, args.remeasured_only)
-            chosen: Any = GNNCostModel(Predictor.load(gnn_dir), seed=args.seed)
+            chosen: Any = make_cost_model("gnn", predictor=Predictor.load(gnn_dir), seed=args.seed)
         else:
-            chosen = cost_model
-        config = TuningConfig(trials=budget, cost_model=chosen, seed=args.seed)
+            chosen = make_cost_model(cost_model, seed=args.seed)
+        config = TuningConfig(trials=budget, seed=args.seed)
         started = time.perf_counter()
-        report = tune_tasks(tasks, host, db, config)
+        report = tune_tasks(tasks, host, db, config, cost_model=chosen)
         with TuningDatabase(db, read_only=True) as store:
             curve = progress(store, tasks, host.key)
-        tuned = compile_from_db(prepared, plan, target, db, host.key)
+        tuned = compile_from_db(planned, db, host.key)
         builds[cost_model] = tuned.executable
         rows[cost_model] = {
             "trials": curve[-1][0] if curve else 0,
@@ -159,9 +162,9 @@ def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> di
 
 
 def markdown(results: list[dict]) -> str:
-    head = "| model | cost model | trials | est. 25% (ms) | est. 50% (ms) | est. 100% (ms) | "
-    head += "measured (ms) | vs XGB | verified |"
-    lines = [head, "|" + "---|" * 9]
+    head = ["model", "cost model", "trials", "est. 25% (ms)", "est. 50% (ms)", "est. 100% (ms)"]
+    head += ["measured (ms)", "vs XGB", "verified"]
+    table = []
     for res in results:
         rows = res["rows"]
         xgb = rows.get("xgb", {}).get("measured_ms")
@@ -172,15 +175,15 @@ def markdown(results: list[dict]) -> str:
             est = row.get("estimated_ms", {})
             cells = [f"{est[k]:.3f}" if est.get(k) else "-" for k in ("25%", "50%", "100%")]
             ms = row.get("measured_ms")
-            ratio = f"{xgb / ms:.2f}x" if xgb and ms else "-"
-            lines.append(
-                f"| {res['model']} | {label} | {row.get('trials', '-')} | "
-                + " | ".join(cells)
-                + f" | {ms:.3f} | {ratio} | {'yes' if row.get('verified') else 'NO'} |"
-                if ms
-                else f"| {res['model']} | {label} | - | - | - | - | - | - | NO |"
+            if not ms:
+                table.append([res["model"], label, *["-"] * 6, "NO"])
+                continue
+            ratio = f"{xgb / ms:.2f}x" if xgb else "-"
+            verified = "yes" if row.get("verified") else "NO"
+            table.append(
+                [res["model"], label, row.get("trials", "-"), *cells, f"{ms:.3f}", ratio, verified]
             )
-    return "\n".join(lines)
+    return markdown_table(head, table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,13 +40,14 @@ sys.path.insert(0, str(REPO))
 from make_zoo import make_zoo  # noqa: E402
 
 from ago_search.bench import ORT, TVM_DEFAULT, bench_model  # noqa: E402
-from ago_search.database import TuningDatabase  # noqa: E402
+from ago_search.build import compile_plan, compile_plan_tuned  # noqa: E402
+from ago_search.database import SqliteDatabase, TuningDatabase  # noqa: E402
 from ago_search.devices import detect_host  # noqa: E402
-from ago_search.frontend import import_onnx  # noqa: E402
-from ago_search.pipeline import prepare_model, seed_partition  # noqa: E402
-from ago_search.plan import Plan, apply_plan, compile_plan, compile_plan_tuned  # noqa: E402
-from ago_search.schedule import extract_tasks  # noqa: E402
-from ago_search.schedule.tune import TuningConfig, tune_tasks  # noqa: E402
+from ago_search.pipeline import PlannedModel, load_planned  # noqa: E402
+from ago_search.report import markdown_table  # noqa: E402
+from ago_search.schedule.config import TuningConfig  # noqa: E402
+from ago_search.schedule.tune import tune_tasks  # noqa: E402
+from cost_model.factory import make_cost_model  # noqa: E402
 
 log = logging.getLogger("bench_tuning")
 
@@ -79,7 +80,7 @@ def _tune_stage(
         log.info("%s: done before (%d trials)", name, done["trials"])
         return done
     wall_before = done.get("wall_s", 0.0) if done else 0.0
-    report = tune_tasks(tasks, host, db, config)
+    report = tune_tasks(tasks, host, db, config, cost_model=make_cost_model("xgb", config.seed))
     entry = {
         "scheduler": config.scheduler,
         "budget": config.trials,
@@ -108,26 +109,22 @@ def _snapshot(source: Path, target: Path) -> None:
         copy.merge_from(source)
 
 
-def tvm_plan_tasks(entry: dict, target: Any) -> tuple[Any, Any, Plan, list]:
-    """(imported, prepared, plan, tasks) of a zoo entry under TVM's default fusion."""
-    shapes = {k: tuple(v) for k, v in entry["inputs"].items()}
-    imported = import_onnx(entry["path"], shapes)
-    prepared = prepare_model(imported, target)
-    seed = seed_partition(prepared, "tvm")
-    plan = Plan.from_assignment(prepared.graph, seed.partition.assignment())
-    fused = apply_plan(prepared.legalized, prepared.graph, plan, target)
-    return imported, prepared, plan, extract_tasks(fused, target, plan, prepared.graph)
+def tvm_plan(entry: dict, host: Any) -> PlannedModel:
+    """A zoo entry under TVM's default fusion, for the host."""
+    return load_planned(entry["path"], entry["inputs"], "tvm", host)
 
 
-def compile_from_db(prepared: Any, plan: Plan, target: Any, db: Path, device_key: str) -> Any:
-    """`plan` compiled with the best records of `db` for `device_key` (a TunedBuild)."""
+def compile_from_db(planned: PlannedModel, db: Path, device_key: str) -> Any:
+    """The plan compiled with the best records of `db` for `device_key` (a TunedBuild)."""
+    prepared, target = planned.prepared, planned.target
     with TuningDatabase(db, read_only=True) as store:
         return compile_plan_tuned(
             prepared.legalized,
             prepared.graph,
-            plan,
+            planned.plan,
             target,
-            store.metaschedule(device_key, target),
+            SqliteDatabase(store, device_key, target),
+            fused=planned.fused,
         )
 
 
@@ -137,7 +134,13 @@ def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> di
     state_path = work / f"{name}.state.json"
     state = _load_state(state_path)
     target = host.tvm_target()
-    imported, prepared, plan, tasks = tvm_plan_tasks(entry, target)
+    planned = tvm_plan(entry, host)
+    imported, prepared, plan, tasks = (
+        planned.imported,
+        planned.prepared,
+        planned.plan,
+        planned.tasks,
+    )
     n = len(tasks)
     log.info("%s: %d tasks from %d groups", name, n, len(plan.groups))
 
@@ -182,12 +185,14 @@ def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> di
     builds: dict[str, Any] = {}
     applied: dict[str, dict] = {}
     started = time.perf_counter()
-    builds[UNTUNED] = compile_plan(prepared.legalized, prepared.graph, plan, target)
+    builds[UNTUNED] = compile_plan(
+        prepared.legalized, prepared.graph, plan, target, fused=planned.fused
+    )
     runs = [("ours-small", small_copy), ("ours-N", ours_db)]
     if gradient is not None:
         runs.append(("metaschedule-small", ms_db))
     for label, db in runs:
-        tuned = compile_from_db(prepared, plan, target, db, host.key)
+        tuned = compile_from_db(planned, db, host.key)
         builds[label] = tuned.executable
         applied[label] = {"scheduled": len(tuned.scheduled), "untuned": list(tuned.untuned)}
     compile_s = time.perf_counter() - started
@@ -245,10 +250,9 @@ def _stage_summary(stage: dict) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = [
-        "| model | build | trials | tasks tuned | tuning s | latency ms | vs ORT | verified |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
-    ]
+    head = ["model", "build", "trials", "tasks tuned", "tuning s", "latency ms", "vs ORT"]
+    head.append("verified")
+    rows = []
     for result in results:
         ort = result["rows"][ORT]["ms"]
         for label, row in result["rows"].items():
@@ -258,11 +262,9 @@ def markdown(results: list[dict]) -> str:
             tuned = f"{row['tuned_tasks']}/{result['tasks']}" if "tuned_tasks" in row else "-"
             wall = f"{row['wall_s']:.0f}" if "wall_s" in row else "-"
             latency = f"{ms:.3f}" if ms is not None else "failed"
-            lines.append(
-                f"| {result['model']} | {label} | {trials} | {tuned} | {wall} | {latency} | "
-                f"{ratio} | {'yes' if row['verified'] else 'NO'} |"
-            )
-    lines.append("")
+            verified = "yes" if row["verified"] else "NO"
+            rows.append([result["model"], label, trials, tuned, wall, latency, ratio, verified])
+    lines = [markdown_table(head, rows, align="<<>>>>><"), ""]
     lines.append(
         "vs ORT: ORT's latency / this latency (> 1: faster than ORT), as in `ago-search "
         "bench`. ours-small and metaschedule-small "

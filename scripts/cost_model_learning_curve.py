@@ -13,7 +13,7 @@ whole held-out model:
 - `--axis tasks`: a random fraction of the training tasks, each with all its records;
 - `--axis candidates`: every training task, each with a random fraction of its records.
 
-XGB (MetaSchedule's XGBModel with its training step fixed, ago_search/schedule/xgb.py) runs at
+XGB (MetaSchedule's XGBModel with its training step fixed, cost_model/xgb.py) runs at
 every fraction of --fractions for each of --seeds cuts; the GNN, which takes minutes per fold,
 at the fractions of --gnn (one cut, seed 0). Both train under the host's shared CPU lease,
 so a collection or tuning run on this machine measures in between, never beside it.

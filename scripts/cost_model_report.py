@@ -4,7 +4,7 @@
     .venv/bin/python scripts/cost_model_report.py --folds bert_tiny,mobilenetv2 --steps 300
 
 Leave one model out: for each zoo model with records (or each of --folds), the GNN and
-MetaSchedule's XGBModel (with its pack-sum training step fixed, ago_search/schedule/xgb.py;
+MetaSchedule's XGBModel (with its pack-sum training step fixed, cost_model/xgb.py;
 the model as MetaSchedule ships it diverges on our many-store candidates and is scored on a
 last row of its own) are trained on the tasks of every other model (a task shared with the
 held-out model is never trained on) and scored on the held-out model's tasks: pairwise
@@ -36,8 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
-from readme_table import replace_table  # noqa: E402
-
+from ago_search.report import markdown_table, replace_table  # noqa: E402
 from cost_model.configs.default import Config  # noqa: E402
 from cost_model.input_pipeline import (  # noqa: E402
     Dataset,
@@ -132,7 +131,6 @@ def markdown(report: dict[str, Any]) -> str:
     head = ["held-out model", "tasks", "records"]
     for name in METRICS:
         head += [f"{SHORT[name]} GNN", f"{SHORT[name]} XGB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cells(values: dict[str, Any]) -> list[str]:
         out = []
@@ -146,28 +144,18 @@ def markdown(report: dict[str, Any]) -> str:
             out += fmt
         return out
 
-    for row in report["folds"]:
-        lines.append(
-            "| "
-            + " | ".join(
-                [row["held_out"], str(row["test_tasks"]), str(row["test_records"]), *cells(row)]
-            )
-            + " |"
-        )
+    rows = [
+        [row["held_out"], row["test_tasks"], row["test_records"], *cells(row)]
+        for row in report["folds"]
+    ]
     mean = report["mean"]
-    lines.append(
-        "| " + " | ".join(["**mean over models**", "", str(report["records"]), *cells(mean)]) + " |"
-    )
+    rows.append(["**mean over models**", "", report["records"], *cells(mean)])
     shipped = [mean["xgb_ms"][name] for name in METRICS]
-    lines.append(
-        "| "
-        + " | ".join(
-            ["*mean, XGB as MetaSchedule ships it*", "", ""]
-            + [c for v in shipped for c in ("", f"*{v:.3f}*" if v is not None else "-")]
-        )
-        + " |"
+    rows.append(
+        ["*mean, XGB as MetaSchedule ships it*", "", ""]
+        + [c for v in shipped for c in ("", f"*{v:.3f}*" if v is not None else "-")]
     )
-    return "\n".join(lines)
+    return markdown_table(head, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

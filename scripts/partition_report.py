@@ -22,12 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from make_zoo import ZOO_MODELS, make_zoo  # noqa: E402
-from readme_table import replace_table  # noqa: E402
 
 from ago_search import api  # noqa: E402
 from ago_search.devices import host_target  # noqa: E402
 from ago_search.partition import host_cache_bytes, seed_stats  # noqa: E402
 from ago_search.pipeline import SEED_NAMES, prepare_model, seed_partition  # noqa: E402
+from ago_search.report import markdown_table, replace_table  # noqa: E402
 
 START, END = "<!-- partition-table:start -->", "<!-- partition-table:end -->"
 SEEDS = (*SEED_NAMES, "intensive-16M")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{name}: done", file=sys.stderr)
     head = ["model", "ops imported -> rewritten", "removed by rule", *SEEDS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells_by_row = []
     for r in rows:
         rules = ", ".join(f"{k} {v}" for k, v in r["removed_by_rule"].items()) or "-"
         cells = [
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in SEEDS:
             s = r["seeds"][seed]
             cells.append(f"{s['groups']} / {s['multi_complex_groups']} / {s['largest_group']}")
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+        cells_by_row.append(cells)
+    table = markdown_table(head, cells_by_row)
     print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(

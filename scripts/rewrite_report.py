@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ago_search.frontend import import_onnx, random_inputs  # noqa: E402
+from ago_search.report import markdown_table  # noqa: E402
 from ago_search.rewrite import RULES, RewriteReport, rewrite  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def markdown(rows: list[dict]) -> str:
     extra = ["opgraph_nodes_before", "opgraph_nodes_after", "legalize_s_before"]
     extra = [k for k in [*extra, "legalize_s_after", "max_rel_diff"] if any(k in r for r in rows)]
     head = ["model", "ops before", "ops after", "removed", "rewrite s", *fired_rules, *extra]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     totals = {"before": 0, "after": 0, **{r: [0, 0] for r in fired_rules}}
     for row in rows:
         rep = reports[row["model"]]
@@ -98,13 +99,13 @@ def markdown(rows: list[dict]) -> str:
             cells.append(
                 "" if value is None else (f"{value:.1e}" if k == "max_rel_diff" else value)
             )
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        table.append(cells)
     removed = totals["before"] - totals["after"]
     cells = ["**total**", totals["before"], totals["after"], f"{removed}", ""]
     cells += [f"{totals[r][0]} ({totals[r][1]})" for r in fired_rules] + [""] * len(extra)
-    lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    table.append(cells)
     silent = [r for r in RULES if r not in fired_rules]
-    lines.append("")
+    lines = [markdown_table(head, table), ""]
     lines.append(
         "Cells: operator bindings removed (times fired). Rules that fired on no zoo model: "
     )

@@ -12,6 +12,10 @@ if ! command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
     g++-aarch64-linux-gnu >/dev/null) || echo "note: aarch64 cross compiler not installed" >&2
 fi
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
+# The layers of the house (pyproject.toml [tool.importlinter]): a module imports only from
+# floors below its own.
+.venv/bin/lint-imports
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

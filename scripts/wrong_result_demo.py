@@ -39,11 +39,11 @@ sys.path.insert(0, str(REPO))
 
 from ago_search.database import Status, TuningDatabase  # noqa: E402
 from ago_search.devices import detect_host  # noqa: E402
-from ago_search.frontend import import_onnx  # noqa: E402
-from ago_search.pipeline import prepare_model  # noqa: E402
-from ago_search.plan import Plan, apply_plan  # noqa: E402
-from ago_search.schedule import extract_tasks  # noqa: E402
-from ago_search.schedule.tune import TuningConfig, tune_tasks  # noqa: E402
+from ago_search.pipeline import import_model, plan_model, prepare_model  # noqa: E402
+from ago_search.plan import Plan  # noqa: E402
+from ago_search.schedule.config import TuningConfig  # noqa: E402
+from ago_search.schedule.tune import tune_tasks  # noqa: E402
+from cost_model.factory import make_cost_model  # noqa: E402
 
 log = logging.getLogger("wrong_result_demo")
 
@@ -102,11 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     onnx.save(two_conv_model(args.channels, args.size, args.second_kernel), model_path)
     host = detect_host()
     target = host.tvm_target()
-    prepared = prepare_model(import_onnx(model_path, {}), target)
+    prepared = prepare_model(import_model(model_path), target)
     graph = prepared.graph
-    plan = Plan.from_groups(graph, [graph.order])  # both convs in one group
-    fused = apply_plan(prepared.legalized, graph, plan, target)
-    (task,) = extract_tasks(fused, target, plan, graph)
+    # both convs in one group
+    (task,) = plan_model(prepared, Plan.from_groups(graph, [graph.order])).tasks
     print(f"group {task.name}: {task.complex_ops} convolutions, {task.flops / 1e6:.0f} MFLOP")
 
     db_path = args.db or workdir / "tuning.db"
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     started = time.perf_counter()
-    report = tune_tasks([task], host, db_path, config)
+    report = tune_tasks([task], host, db_path, config, cost_model=make_cost_model("xgb", args.seed))
     wall = time.perf_counter() - started
     (result,) = report.tasks
 

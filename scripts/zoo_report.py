@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from make_zoo import ZOO_MODELS, make_zoo  # noqa: E402
-from readme_table import replace_table  # noqa: E402
 
 from ago_search import api  # noqa: E402
 from ago_search.bench import bench_model  # noqa: E402
 from ago_search.measure import MeasureProtocol  # noqa: E402
+from ago_search.report import markdown_table, replace_table  # noqa: E402
 
 START, END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
 
@@ -75,7 +75,7 @@ def markdown(rows: list[dict], threads: list[int]) -> str:
     for t in threads:
         head += [f"ORT {t}t ms", f"TVM {t}t ms", f"TVM/ORT speed {t}t"]
     head += ["max rel err", "verified"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for r in rows:
         cells = [
             r["model"],
@@ -93,8 +93,8 @@ def markdown(rows: list[dict], threads: list[int]) -> str:
                 f"{d['ort_over_tvm']:.3f}x" if d.get("ort_over_tvm") else "-",
             ]
         cells += [f"{r['max_rel_err']:.1e}", "yes" if r["verified"] else "**NO**"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return markdown_table(head, table)
 
 
 def main(argv: list[str] | None = None) -> int:

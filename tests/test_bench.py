@@ -16,20 +16,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from ago_search.bench import (
-    ORT,
-    TVM_DEFAULT,
-    BenchResult,
-    OutputCheck,
-    bench_model,
-    compare_output,
-    compare_outputs,
-    format_bench_table,
-)
-from ago_search.build import build_default, run_executable, tvm_thread_env
+from ago_search.bench import ORT, TVM_DEFAULT, BenchResult, bench_model
+from ago_search.build import build_default, run_executable
 from ago_search.devices import host_cpu_name, host_target
 from ago_search.frontend import import_onnx, random_inputs
 from ago_search.measure import MeasureProtocol
+from ago_search.measure.compare import OutputCheck, compare_output, compare_outputs
+from ago_search.measure.threads import tvm_thread_env
+from ago_search.report import format_bench
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = MeasureProtocol(warmup=1, number=None, repeat=3, min_repeat_ms=2.0)
@@ -119,7 +113,7 @@ def test_json_round_trip(result):
 
 
 def test_table_has_a_row_per_runtime_and_thread_count(result):
-    table = format_bench_table(result)
+    table = format_bench(result.to_json())
     rows = [line for line in table.splitlines() if line.startswith((ORT, TVM_DEFAULT))]
     assert len(rows) == 4
     assert sum(line.rstrip().endswith("yes") for line in rows) == 2
@@ -142,7 +136,7 @@ def test_perturbed_tvm_output_is_not_verified(result):
         result, runs=tuple(tvm_run if r is result.run(TVM_DEFAULT, 1) else r for r in result.runs)
     )
     assert not broken.verified
-    table = format_bench_table(broken)
+    table = format_bench(broken.to_json())
     assert any(line.rstrip().endswith("NO") for line in table.splitlines())
     assert "output 'y' differs from ORT's: 2.0% of elements" in table
 
@@ -177,7 +171,7 @@ def test_failing_runtime_is_a_record_not_an_exception(imported):
     assert not failed.verified
     for run in failed.runs:
         assert run.timing is None and "timed out" in run.error
-    table = format_bench_table(failed)
+    table = format_bench(failed.to_json())
     assert "failed" in table and "timed out" in table
     assert BenchResult.from_json(json.loads(json.dumps(failed.to_json()))) == failed
 
@@ -200,51 +194,36 @@ def test_host_target():
     assert host_target().attrs["num-cores"] == len(os.sched_getaffinity(0))
 
 
-# Runs a parallel TIR matmul after each step in argv ("env": as started, N: set_tvm_threads(N))
-# and reports [TVM's thread count, OS threads that did >= 25 % of the work], or the error.
+# Runs a parallel TIR loop after each step in argv ("env": as started, N: set_tvm_threads(N))
+# whose every iteration stores the id of the OS thread that ran it (gettid), and reports
+# [TVM's thread count, distinct OS threads that ran iterations], or the error. TVM hands each
+# pool thread one static chunk of the loop, so the count does not depend on the machine's load.
 _THREAD_PROBE = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, sys
     import numpy as np
     import tvm
     from tvm import te
-    from ago_search.build import set_tvm_threads, tvm_num_threads
+    from ago_search.measure.threads import set_tvm_threads, tvm_num_threads
 
-    n = 384
-    A = te.placeholder((n, n), name="A")
-    B = te.placeholder((n, n), name="B")
-    k = te.reduce_axis((0, n), name="k")
-    C = te.compute((n, n), lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="C")
-    sch = tvm.s_tir.Schedule(te.create_prim_func([A, B, C]))
-    sch.parallel(sch.get_loops(sch.get_sblock("C"))[0])
+    ids = te.compute((64,), lambda i: tvm.tirx.call_extern("int32", "gettid"), name="ids")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([ids]))
+    sch.parallel(sch.get_loops(sch.get_sblock("ids"))[0])
     f = tvm.compile(sch.mod, target="llvm")
-    a, b, c = (tvm.runtime.tensor(np.ones((n, n), "float32")) for _ in range(3))
 
-    def ticks():
-        out = {}
-        for t in os.listdir("/proc/self/task"):
-            fields = open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()
-            out[t] = int(fields[11]) + int(fields[12])
-        return out
-
-    def busy():
-        # One call on the new pool, then let threads of the old pool stop spinning (they
-        # spin ~0.1 s after work, longer on a loaded machine) before counting.
-        f(a, b, c)
-        time.sleep(1.0)
-        before = ticks()
-        for _ in range(12):
-            f(a, b, c)
-        after = ticks()
-        deltas = [after[t] - before.get(t, 0) for t in after]
-        return sum(d >= 0.25 * sum(deltas) for d in deltas)
+    def threads_that_ran():
+        out = tvm.runtime.tensor(np.zeros(64, "int32"))
+        f(out)
+        ids = out.numpy()
+        assert (ids > 0).all(), ids  # every iteration ran
+        return len(set(ids.tolist()))
 
     report = []
     for step in sys.argv[1:]:
         try:
             if step != "env":
                 set_tvm_threads(int(step))
-            report.append([tvm_num_threads(), busy()])
+            report.append([tvm_num_threads(), threads_that_ran()])
         except RuntimeError as exc:
             report.append(str(exc))
     print(json.dumps(report))
@@ -265,10 +244,12 @@ def _probe(env_threads: int, *steps: str) -> list:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_tvm_thread_count_really_changes():
-    # Counted as OS threads that did the work, not from timings. A fresh process gets the
-    # pool that tvm_thread_env asks for, and set_tvm_threads can shrink and regrow it ...
+    # Counted as OS threads that ran the loop's iterations, not from timings or CPU time. A
+    # fresh process gets the pool that tvm_thread_env asks for, and set_tvm_threads can
+    # shrink and regrow it ...
     assert _probe(2, "env", "1", "2") == [[2, 2], [1, 1], [2, 2]]
     # ... and, called before TVM's pool exists, create it with every core whatever the env.
     assert _probe(1, "2", "1") == [[2, 2], [1, 1]]

@@ -33,6 +33,7 @@ def test_resolve_models(tmp_path):
         resolve_models(["no-such-model"], zoo=tmp_path)
 
 
+@pytest.mark.slow
 def test_collect_tiny_model(tmp_path):
     model = tmp_path / "tiny.onnx"
     onnx.save(conv_relu(batch=1), model)

@@ -89,6 +89,7 @@ def trained_on_all_but_one_task(smoke):
     return train(SMALL, train_set, test_set), test_set
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_ranks_a_held_out_task(trained_on_all_but_one_task):
     result, _ = trained_on_all_but_one_task
     first, last = result.history[0], result.history[-1]
@@ -97,6 +98,7 @@ def test_training_lowers_the_loss_and_ranks_a_held_out_task(trained_on_all_but_o
     assert last["eval"]["kendall_tau"] > 0.2
 
 
+@pytest.mark.slow
 def test_predictor_round_trip_and_pretrained(tmp_path: Path, trained_on_all_but_one_task):
     from cost_model.predictor import Predictor, load_pretrained
 
@@ -122,8 +124,9 @@ def test_predictor_round_trip_and_pretrained(tmp_path: Path, trained_on_all_but_
         load_pretrained("nope")
 
 
+@pytest.mark.slow
 def test_held_out_model_report_with_xgb(tmp_path: Path, smoke) -> None:
-    from cost_model.cli import train_cost_model
+    from cost_model.training import train_cost_model
 
     metrics = train_cost_model(
         SMOKE_TRACES, tmp_path / "out", ["model_c"], SMALL.replace(num_steps=100), dataset=smoke
@@ -143,6 +146,7 @@ def test_held_out_model_report_with_xgb(tmp_path: Path, smoke) -> None:
 # ------------------------------------------------------------------------ MetaSchedule
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
     import tvm
@@ -150,7 +154,8 @@ def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
 
     from ago_search.measure import register_cpu_tensor_intrinsics
     from ago_search.schedule.tasks import workload_module
-    from cost_model.ms_adapter import GNNCostModel, make_cost_model
+    from cost_model.factory import make_cost_model
+    from cost_model.ms_adapter import GNNCostModel
     from cost_model.smoke_data import SMOKE_TARGET, _in_process_builder_and_runner, _matmul
 
     target = tvm.target.Target(SMOKE_TARGET)
@@ -193,6 +198,7 @@ def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
     assert fresh.predictor.config == model.predictor.config
 
 
+@pytest.mark.slow
 def test_feature_cache_reuses_features_and_ignores_stale_files(tmp_path: Path, smoke) -> None:
     from cost_model.feature_cache import FeatureCache
     from cost_model.input_pipeline import load_dataset
@@ -225,6 +231,7 @@ def test_feature_cache_reuses_features_and_ignores_stale_files(tmp_path: Path, s
         load_dataset(SMOKE_TRACES, cache=cache, featurizer=NoFeaturizer())
 
 
+@pytest.mark.slow
 def test_xgb_baseline_on_graph_features_equals_metaschedule_on_replayed_traces(smoke) -> None:
     """The baseline feeds XGBModel the store rows of our graphs; MetaSchedule's own path
     (replay every trace, PerStoreFeature) must give the same model and predictions."""
@@ -289,6 +296,7 @@ def test_lambda_ranking_loss_weighs_the_top_of_the_ranking() -> None:
     assert plain[0] < plain[1]
 
 
+@pytest.mark.slow
 def test_task_context_readout_compares_candidates_within_their_task(smoke) -> None:
     """With task_context, a candidate's score depends on the other candidates of its task
     in the batch, never on another task's; without it, on neither."""

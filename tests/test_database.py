@@ -23,6 +23,8 @@ from ago_search.database import (
     Status,
     TuningDatabase,
     canonical_target,
+    export_jsonl,
+    import_jsonl,
     trace_hash,
 )
 
@@ -176,6 +178,41 @@ def test_has_measured_covers_failures(db: TuningDatabase, target: str) -> None:
     }
 
 
+def test_workload_queries_span_its_tasks(db: TuningDatabase, target: str) -> None:
+    """What MetaSchedule asks for by workload: every task of it, one device, one target."""
+    other = canonical_target({**TARGET, "num-cores": 2})
+    mod = _matmul_module(32)
+    db.commit_task("mm32-a", target, mod)
+    db.commit_task("mm32-b", target, _matmul_module(32))  # the same workload, another key
+    db.commit_task("mm32-wide", other, mod)
+    db.commit_task("mm16", target, _matmul_module(16))
+    db.commit_record(_record(target, 2, task_key="mm32-a"))
+    db.commit_record(_record(target, 0, task_key="mm32-b"))
+    db.commit_record(_record(target, 1, task_key="mm32-a", status="run_error", latencies=()))
+    db.commit_record(_record(other, 3, task_key="mm32-wide"))
+    db.commit_record(_record(target, 4, task_key="mm32-a", device_key="pixel7"))
+    db.commit_record(_record(target, 5, task_key="bare"))  # no workload: MetaSchedule can't see
+    wid = db.find_workload(mod)
+    assert db.workload_ids() == [wid, db.find_workload(_matmul_module(16))]
+    assert db.workload_ids(other) == [wid]
+
+    mine = db.workload_records(wid, "host", target)
+    assert [(r.task_key, r.status) for r in mine] == [
+        ("mm32-a", Status.OK),
+        ("mm32-b", Status.OK),
+        ("mm32-a", Status.RUN_ERROR),
+    ]
+    assert len(db.workload_records(wid, "host")) == 4  # any target
+    best = db.workload_best(wid, "host", k=5, target=target)
+    assert [r.median for r in best] == pytest.approx([1e-3, 3e-3])  # failures never
+    assert db.workload_best(wid, "host", k=1, target=TARGET) == best[:1]
+    assert db.workload_best(wid, "host", k=0) == []
+    assert [r.task_key for r in db.workload_best(wid, "pixel7")] == ["mm32-a"]
+    assert db.workload_record_count("host") == 4
+    assert db.workload_record_count("host", other) == 1
+    assert db.workload_record_count("pixel7", target) == 1
+
+
 # ------------------------------------------------------------------------ merge and files
 
 
@@ -230,7 +267,7 @@ def test_jsonl_round_trip(tmp_path: Path, target: str) -> None:
         source.commit_record(record)
 
     path = tmp_path / "traces" / "host.jsonl.gz"
-    assert source.export_jsonl(path) == 4
+    assert export_jsonl(source, path) == 4
     with open(path, "rb") as f:
         assert f.read(2) == b"\x1f\x8b"
     with gzip.open(path, "rt") as f:
@@ -239,14 +276,14 @@ def test_jsonl_round_trip(tmp_path: Path, target: str) -> None:
     assert [line["kind"] for line in lines[1:]].count("task") == 2  # each task once
 
     copy = TuningDatabase(tmp_path / "copy.db")
-    assert copy.import_jsonl(path) == 4
-    assert copy.import_jsonl(path) == 0
+    assert import_jsonl(copy, path) == 4
+    assert import_jsonl(copy, path) == 0
     assert sorted(copy.records(), key=lambda r: r.measured_at) == written
     assert tvm_ffi.structural_equal(copy.workload("mm32"), mod)
     assert copy.task("mm32").name == "matmul" and copy.workload("bare") is None
 
     one_device = tmp_path / "pixel7.jsonl"
-    assert source.export_jsonl(one_device, device_key="pixel7", compress=False) == 1
+    assert export_jsonl(source, one_device, device_key="pixel7", compress=False) == 1
     assert json.loads(one_device.read_text().splitlines()[0])["device_key"] == "pixel7"
 
 
@@ -254,11 +291,11 @@ def test_jsonl_rejects_what_it_cannot_read(tmp_path: Path, db: TuningDatabase) -
     newer = tmp_path / "newer.jsonl"
     newer.write_text(json.dumps({"kind": "header", "format": 2}) + "\n")
     with pytest.raises(DatabaseError, match="upgrade ago-search"):
-        db.import_jsonl(newer)
+        import_jsonl(db, newer)
     headless = tmp_path / "headless.jsonl"
     headless.write_text(json.dumps({"kind": "record"}) + "\n")
     with pytest.raises(DatabaseError, match="no header"):
-        db.import_jsonl(headless)
+        import_jsonl(db, headless)
     not_a_db = tmp_path / "not.db"
     not_a_db.write_text("hello, this is not SQLite" * 100)
     with pytest.raises(DatabaseError, match="not a usable SQLite"):
@@ -448,9 +485,9 @@ def test_metaschedule_tunes_into_it_and_applies_its_best(tmp_path: Path) -> None
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    from ago_search.database import SqliteDatabase
+    from ago_search.database import SqliteDatabase, task_key
     from ago_search.measure import register_cpu_tensor_intrinsics
-    from ago_search.schedule.tasks import task_key, workload_module
+    from ago_search.schedule.tasks import workload_module
 
     target = tvm.target.Target(TARGET)
     register_cpu_tensor_intrinsics(target)  # TuneContext's import of every backend's: ~30 s

@@ -153,6 +153,7 @@ def test_pad_batch_shapes_and_offsets() -> None:
     assert bucket_size(17) == 32 and bucket_size(3) == 16
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_predictions() -> None:
     from cost_model.configs.default import Config
     from cost_model.train import create_model

@@ -15,11 +15,11 @@ from model_builders import make_model, weight
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from ago_search.bench import compare_outputs
-from ago_search.build import run_executable
+from ago_search.build import compile_plan, run_executable
 from ago_search.frontend import import_onnx, random_inputs
 from ago_search.graph import build_opgraph, legalize
-from ago_search.plan import Plan, apply_plan, compile_plan
+from ago_search.measure.compare import compare_outputs
+from ago_search.plan import Plan, apply_plan
 from ago_search.schedule import count_complex_blocks, extract_tasks
 
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})

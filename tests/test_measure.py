@@ -18,12 +18,19 @@ import numpy as np
 import pytest
 import tvm
 import tvm.s_tir.meta_schedule as ms
-from tir_kernels import MATMUL_ARGS, N, matmul, writes_far_out_of_bounds
+from tir_kernels import (
+    MATMUL_ARGS,
+    VECTOR_ARGS,
+    N,
+    matmul,
+    never_ends,
+    writes_far_out_of_bounds,
+)
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.runner import RunnerInput
-from tvm.script import tirx as T
 
+from ago_search.database import Status
 from ago_search.devices import DeviceProfile, detect_host, load_device
 from ago_search.measure import (
     DeviceLease,
@@ -34,22 +41,12 @@ from ago_search.measure import (
 )
 from ago_search.measure.builders import LocalBuilder, RayBuilder, compile_candidate
 from ago_search.measure.intrinsics import register_cpu_tensor_intrinsics
-from ago_search.measure.runners import MIN_CPU_SHARE, Measurement, SubprocessRunner
+from ago_search.measure.local_runner import SubprocessRunner
+from ago_search.measure.runner import MIN_CPU_SHARE, Measurement
 from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError, WorkerTimeout
 
 # Short enough for tests, long enough to give real times: 3 repeats of >= 5 ms.
 FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=5.0)
-
-
-@T.prim_func
-def never_ends(a: T.handle):
-    T.func_attr({"global_symbol": "main"})
-    A = T.match_buffer(a, (16,), "float32")
-    for _i, _j in T.grid(1048576, 1048576):  # 1e12 dependent float adds
-        A[0] = A[0] + T.float32(1)
-
-
-VECTOR_ARGS = [["TENSOR", "float32", [16]]]
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +140,18 @@ def test_builder_failures_are_results(target):
     builder = LocalBuilder(max_workers=1, cross_compiler="g++")  # the path for cross compilers
     try:
         inputs = [BuilderInput(matmul(), target)]
-        assert builder.build(inputs)[0].error_msg is None
+        built = builder.build(inputs)[0]
+        assert built.error_msg is None and builder.status_of(built) is None
         builder.cross_compiler = "no-such-compiler-g++"
         failed = builder.build(inputs)[0]
         assert failed.artifact_path is None
         assert "build failed" in failed.error_msg and "no-such-compiler-g++" in failed.error_msg
+        assert builder.status_of(failed) is Status.BUILD_ERROR  # the builder's word, as data
         builder.cross_compiler = None
         builder.timeout_sec = 0.005
         timed_out = builder.build(inputs)[0]
         assert timed_out.artifact_path is None and "timeout" in timed_out.error_msg
+        assert builder.status_of(timed_out) is Status.TIMEOUT
     finally:
         builder.close()
 
@@ -171,6 +171,7 @@ def test_cross_compiled_library_is_aarch64(tmp_path):
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183
 
 
+@pytest.mark.slow
 def test_ray_builder_builds_on_ray_workers(candidates, target, runner, tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -192,6 +193,7 @@ def test_ray_builder_builds_on_ray_workers(candidates, target, runner, tmp_path)
 # ---- runners ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_runner_survives_crash_and_hang(runner, kernels):
     good = runner.measure(kernels["good"], MATMUL_ARGS)
     assert good.ok, good.error
@@ -199,7 +201,7 @@ def test_runner_survives_crash_and_hang(runner, kernels):
     assert all(0 < t < 0.1 for t in good.run_secs)
 
     crashed = runner.measure(kernels["crash"], VECTOR_ARGS)
-    assert not crashed.ok and crashed.run_secs is None
+    assert not crashed.ok and crashed.run_secs is None and crashed.status is Status.RUN_ERROR
     assert "SIGSEGV" in crashed.error or "SIGBUS" in crashed.error
 
     again = runner.measure(kernels["good"], MATMUL_ARGS)
@@ -212,7 +214,7 @@ def test_runner_survives_crash_and_hang(runner, kernels):
         assert time.perf_counter() - started < 10.0
     finally:
         runner.timeout_sec = 20.0
-    assert not hung.ok and "timeout" in hung.error
+    assert not hung.ok and hung.status is Status.TIMEOUT and "timeout" in hung.error
     assert runner.measure(kernels["good"], MATMUL_ARGS).ok
 
 
@@ -220,7 +222,7 @@ LEAK_SCRIPT = textwrap.dedent(
     """
     import os, time, numpy as np, tvm
     from tvm.script import tirx as T
-    from ago_search.measure.runners import _run_on_dirty_memory
+    from ago_search.measure.runner import _run_on_dirty_memory
 
     @T.prim_func
     def add(a: T.handle, b: T.handle):
@@ -328,6 +330,7 @@ def test_runner_output_hook(runner, kernels):
         (future,) = runner.run([runner_input])
         assert future.result().run_secs is None
         assert future.result().error_msg.startswith("wrong result: max abs error")
+        assert runner.status_of(future.result()) is Status.WRONG_RESULT
     finally:
         runner.output_hook = None
 
@@ -337,6 +340,7 @@ def _disjoint(spans: list[tuple[float, float]]) -> bool:
     return all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(ordered))
 
 
+@pytest.mark.slow
 def test_measurements_of_two_runners_never_overlap(runner, host, kernels, builder, target):
     other = SubprocessRunner(host, protocol=FAST, timeout_sec=20)
     other.worker.ready()
@@ -379,6 +383,7 @@ def _tune(module, target, work_dir, builder, runner) -> list:
     return list(database.get_all_tuning_records())
 
 
+@pytest.mark.slow
 def test_tune_tir_end_to_end(builder, runner, target, tmp_path):
     records = _tune(matmul(128), target, tmp_path, builder, runner)
     assert len(records) == 8
@@ -468,8 +473,36 @@ def test_lease_exclusive_spans_never_overlap_across_processes_and_threads(tmp_pa
 
 def test_shared_holders_run_together(tmp_path):
     lease = DeviceLease("dev", tmp_path)
-    with lease.shared(), lease.shared(timeout=1.0):
-        pass  # a second sharer is granted while the first holds
+    # the two builds and this thread meet while both builds hold the lease: if a sharer
+    # excluded the other, the second would time out and the meeting would never happen
+    inside = threading.Barrier(3, timeout=30)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def build():
+        try:
+            with lease.shared(timeout=10):
+                inside.wait()
+                done.wait(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+            inside.abort()
+
+    builds = [threading.Thread(target=build) for _ in range(2)]
+    for thread in builds:
+        thread.start()
+    try:
+        inside.wait()
+        # they really hold it: a measurement is not granted meanwhile
+        with pytest.raises(LeaseTimeoutError), lease.exclusive(timeout=0.2):
+            pass
+    finally:
+        done.set()
+        for thread in builds:
+            thread.join(timeout=30)
+    assert errors == []
+    with lease.exclusive(timeout=10):
+        pass  # and is, once both builds have left
 
 
 def test_waiting_measurement_blocks_new_builds(tmp_path):

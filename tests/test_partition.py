@@ -19,10 +19,12 @@ from ago_search.partition import (
     GroupStats,
     Illegal,
     Partition,
+    convexity_witness,
     from_assignment,
     graph_index,
     host_cache_bytes,
     parse_cache_size,
+    quotient_cycle,
     singletons,
 )
 from ago_search.partition.cache import DEFAULT_CACHE_BYTES
@@ -484,3 +486,25 @@ def test_pickle_and_copy_keep_the_partition():
     assert r.index is q.index
     assert isinstance(q.merge(0, 1), Partition)
     assert copy.deepcopy(p) == p
+
+
+@PROPERTY_SETTINGS
+@given(graph=dags(max_nodes=30), data=st.data())
+def test_acyclicity_checks_agree_with_brute_force(graph, data):
+    """The checks plans use: a node set's convexity witness and an assignment's quotient cycle."""
+    closure = Closure(graph)
+    nodes = sorted(graph.nodes)
+    members = frozenset(data.draw(st.lists(st.sampled_from(nodes), min_size=1, max_size=8)))
+    witness = convexity_witness(graph, members)
+    assert (witness is None) == closure.is_convex(members)
+    if witness is not None:
+        a, x, b = witness
+        assert a in members and b in members and x not in members
+        assert graph.has_edge(a, x) and nx.has_path(graph, x, b)
+    labels = data.draw(st.lists(st.integers(0, 3), min_size=len(nodes), max_size=len(nodes)))
+    assign = dict(zip(nodes, labels, strict=True))
+    cycle = quotient_cycle(graph, assign)
+    assert (cycle is None) == brute_is_acyclic(graph, assign)
+    if cycle is not None:
+        q = brute_quotient(graph, assign)
+        assert all(q.has_edge(u, v) for u, v in zip(cycle, [*cycle[1:], cycle[0]], strict=True))

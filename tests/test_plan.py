@@ -24,9 +24,7 @@ from model_builders import make_model, weight
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from ago_search import plan as plan_module
-from ago_search.bench import compare_outputs
-from ago_search.build import run_executable
+from ago_search.build import compile_plan, run_executable
 from ago_search.errors import AgoSearchError
 from ago_search.frontend import ImportedModel, import_onnx, random_inputs
 from ago_search.graph import (
@@ -37,18 +35,19 @@ from ago_search.graph import (
     opgraph_to_dict,
     tvm_default_groups,
 )
+from ago_search.measure.compare import compare_outputs
+from ago_search.partition import quotient_graph
 from ago_search.plan import (
     GroupPlan,
     Plan,
     PlanError,
     apply_plan,
-    compile_plan,
     graph_fingerprint,
     group_bindings,
     group_function_names,
-    quotient_graph,
     validate_plan,
 )
+from ago_search.plan import apply as plan_module
 
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 
@@ -390,8 +389,8 @@ RANDOM_CASES = [
     ("bert_tiny", 1),
     ("squeezenet", 0),
     ("squeezenet", 1),
-    ("dbnet", 0),
-    ("mobilenetv2", 0),
+    pytest.param("dbnet", 0, marks=pytest.mark.slow),  # 15-30 s each on 2 cores
+    pytest.param("mobilenetv2", 0, marks=pytest.mark.slow),
 ]
 
 
@@ -430,3 +429,57 @@ def test_tuple_producer_split_across_groups(tmp_path):
         fused = apply_plan(model.legalized, g, plan, TARGET)
         assert len(_call_tir_targets(fused)) == len(groups)
         _check_against_ort(model, plan)
+
+
+def test_build_takes_the_fused_module_instead_of_fusing_again(branches, monkeypatch):
+    from tvm.s_tir import meta_schedule as ms
+
+    from ago_search import build
+
+    g = branches.graph
+    plan = Plan.from_assignment(g, random_partition(g, seed=2, merges=len(g) // 2))
+    fused = apply_plan(branches.legalized, g, plan, TARGET)
+
+    def no_fusing(*_args, **_kwargs):
+        raise AssertionError("apply_plan ran although the fused module was given")
+
+    monkeypatch.setattr(build, "apply_plan", no_fusing)
+    executable = compile_plan(branches.legalized, g, plan, TARGET, fused=fused)
+    inputs = [branches.feeds[s.name] for s in branches.imported.inputs]
+    checks = compare_outputs(
+        run_executable(executable, inputs), branches.reference, branches.imported.output_names
+    )
+    assert all(c.ok for c in checks), checks
+    # an empty database: every kernel is built untuned, and says so
+    tuned = build.compile_plan_tuned(
+        branches.legalized, g, plan, TARGET, ms.database.MemoryDatabase(), fused=fused
+    )
+    assert tuned.scheduled == ()
+    assert tuned.untuned == tuple(sorted(group_function_names(g, plan)))
+
+
+@pytest.mark.parametrize("name", ["bert_tiny", "squeezenet"])
+def test_groups_fused_on_their_own_are_the_plans_tasks(load_zoo, name):
+    """fuse_groups gives each group the very PrimFunc (task key) the whole plan gives it, for
+    overlapping groups of two different plans at once."""
+    from ago_search.plan import fuse_groups
+    from ago_search.schedule.tasks import extract_tasks
+
+    model = load_zoo(name)
+    g = model.graph
+    plans = [
+        Plan.from_assignment(g, random_partition(g, seed, merges=int(len(g) * 0.6)))
+        for seed in (1, 2)
+    ]
+    expected: list[str] = []
+    groups: list[tuple[str, ...]] = []
+    for plan in plans:
+        fused = apply_plan(model.legalized, g, plan, TARGET)
+        key_of = {n: t.key for t in extract_tasks(fused, TARGET, plan, g) for n in t.groups}
+        names = group_function_names(g, plan)
+        expected += [key_of[n] for n in names]
+        groups += [grp.nodes for grp in plan.groups]
+    mod, names = fuse_groups(model.legalized, g, groups, TARGET)
+    key_of = {n: t.key for t in extract_tasks(mod, TARGET) for n in t.groups}
+    assert None not in names
+    assert [key_of[n] for n in names] == expected

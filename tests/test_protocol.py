@@ -96,10 +96,15 @@ def test_cache_flush_before_every_repeat(monkeypatch):
     assert len(flushes) == 4
 
 
-def test_flush_cpu_cache_runs():
-    assert protocol_module.FLUSH_BYTES >= 64 << 20
+def test_flush_cpu_cache_writes_over_twice_the_last_level_cache():
+    assert max(64 << 20, 2 * protocol_module._l3_bytes()) <= protocol_module.FLUSH_BYTES
+    buffer = protocol_module._flush_buffer()
+    assert buffer.nbytes == protocol_module.FLUSH_BYTES
+    before = float(buffer[0])  # other tests may have flushed already
     flush_cpu_cache()
     flush_cpu_cache()
+    # every element of the buffer was written by each call, not a part of it
+    assert buffer.min() == buffer.max() == before + 2.0
 
 
 def test_median_and_statistics_of_varying_samples():

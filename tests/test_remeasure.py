@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ago_search.database import Status, TuningDatabase, read_jsonl
+from ago_search.database import Status, TuningDatabase, export_jsonl, import_jsonl, read_jsonl
 from ago_search.devices import load_device
 from ago_search.remeasure import remeasure
 from cost_model.input_pipeline import load_dataset
@@ -22,7 +22,7 @@ def host_db(tmp_path: Path) -> tuple[Path, str]:
     smoke traces were timed in-process under a made-up key) with a made-up slow label."""
     key = load_device("host").key
     source = TuningDatabase(tmp_path / "smoke.db")
-    source.import_jsonl(SMOKE_TRACES)
+    import_jsonl(source, SMOKE_TRACES)
     db_path = tmp_path / "host.db"
     db = TuningDatabase(db_path)
     tasks = [t.task_key for t in source.tasks()][:2]
@@ -40,6 +40,7 @@ def host_db(tmp_path: Path) -> tuple[Path, str]:
     return db_path, key
 
 
+@pytest.mark.slow
 def test_remeasure_replaces_labels_exports_and_resumes(host_db, tmp_path: Path) -> None:
     db_path, key = host_db
     export = tmp_path / "remeasured.jsonl.gz"
@@ -68,14 +69,14 @@ def test_remeasure_replaces_labels_exports_and_resumes(host_db, tmp_path: Path) 
     # the loader prefers the re-measured label over the stale one in another file
     stale = tmp_path / "stale.jsonl.gz"
     with TuningDatabase(tmp_path / "stale.db") as db:
-        db.import_jsonl(export)
+        import_jsonl(db, export)
         for record in db.records():
             plain = {k: v for k, v in record.extra.items() if k != "remeasured"}
             db.commit_record(
                 dataclasses.replace(record, latencies=(1.0,), median=None, extra=plain),
                 replace=True,
             )
-        db.export_jsonl(stale)
+        export_jsonl(db, stale)
     both = load_dataset([stale, export], cache=False)
     assert all(max(t.latencies) < 1.0 for t in both.tasks)
     only = load_dataset([stale, export], cache=False, remeasured_only=True)
@@ -88,7 +89,7 @@ def test_remeasure_replaces_labels_exports_and_resumes(host_db, tmp_path: Path) 
     # a re-measurement with a round disturbed by other processes is no clean label
     disturbed = tmp_path / "disturbed.jsonl.gz"
     with TuningDatabase(tmp_path / "disturbed.db") as db:
-        db.import_jsonl(export)
+        import_jsonl(db, export)
         records = db.records()
         first = records[0].task_key
         for record in records:
@@ -96,7 +97,7 @@ def test_remeasure_replaces_labels_exports_and_resumes(host_db, tmp_path: Path) 
             info["cpu_share"] = [1.0, 0.5] if record.task_key == first else [1.0, 0.95]
             extra = {**record.extra, "remeasured": info}
             db.commit_record(dataclasses.replace(record, extra=extra), replace=True)
-        db.export_jsonl(disturbed)
+        export_jsonl(db, disturbed)
     kept = load_dataset([disturbed], cache=False, remeasured_only=True)
     assert [t.task_key for t in kept.tasks] == sorted({r.task_key for r in records} - {first})
     assert len(kept.tasks[0].latencies) == sum(r.task_key != first for r in records)

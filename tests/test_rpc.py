@@ -17,12 +17,12 @@ import tvm
 import tvm.s_tir.meta_schedule as ms
 from tir_kernels import MATMUL_ARGS, N, matmul, writes_far_out_of_bounds
 
-from ago_search.build import tvm_thread_env
 from ago_search.devices import DeviceProfile, RPCConnection, detect_host
 from ago_search.measure import MeasureProtocol
 from ago_search.measure.builders import LocalBuilder, compile_candidate, export_candidate
 from ago_search.measure.intrinsics import register_cpu_tensor_intrinsics
-from ago_search.measure.runners import DeviceUnavailableError, RPCRunner
+from ago_search.measure.rpc_runner import DeviceUnavailableError, RPCRunner
+from ago_search.measure.threads import tvm_thread_env
 
 FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=5.0)
 STOCK_KEY = "test"  # TVM's own rpc_server
@@ -108,6 +108,7 @@ def _device(tracker_port: int, key: str) -> DeviceProfile:
     )
 
 
+@pytest.mark.slow
 def test_tune_through_rpc_tracker(tracker_port, tmp_path):
     device = _device(tracker_port, STOCK_KEY)
     target = device.tvm_target()
@@ -140,6 +141,7 @@ def test_tune_through_rpc_tracker(tracker_port, tmp_path):
     assert all(0 < t < 0.5 for t in times)  # real times, not MetaSchedule's 1e10 for failures
 
 
+@pytest.mark.slow
 def test_rpc_outputs_and_a_crash_costs_one_result(tracker_port, tmp_path):
     device = _device(tracker_port, ROBUST_KEY)
     target = device.tvm_target()
@@ -166,6 +168,7 @@ def test_rpc_outputs_and_a_crash_costs_one_result(tracker_port, tmp_path):
         runner.close()
 
 
+@pytest.mark.slow
 def test_missing_device_raises_instead_of_recording(tracker_port, tmp_path):
     device = _device(tracker_port, "nobody")
     artifact = export_candidate(compile_candidate(matmul(), device.tvm_target()), tmp_path)
@@ -175,3 +178,53 @@ def test_missing_device_raises_instead_of_recording(tracker_port, tmp_path):
             runner.measure(artifact, MATMUL_ARGS)
     finally:
         runner.close()
+
+
+def _listening_on(command: list[str]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket listening in a process started with `command`."""
+    import psutil
+
+    found = set()
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.cmdline()[1:] == command[1:]:
+                for conn in process.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        found.add((conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def test_rpc_server_listens_on_loopback_by_default():
+    from ago_search.measure import rpc_server
+
+    assert rpc_server._parser().parse_args([]).host == "127.0.0.1"
+    port = _free_port()
+    command = [sys.executable, "-m", "ago_search.measure.rpc_server", "--port", str(port)]
+    command += ["--port-end", str(port + 1), "--silent"]
+    with _processes([command], dict(os.environ)):
+        deadline = time.monotonic() + 120
+        listening: set[tuple[str, int]] = set()
+        while time.monotonic() < deadline and not listening:
+            time.sleep(0.5)
+            listening = _listening_on(command)
+    assert listening == {("127.0.0.1", port)}
+
+
+def test_rpc_server_warns_when_listening_beyond_loopback(monkeypatch, caplog):
+    from tvm.rpc import server
+
+    from ago_search.measure import rpc_server
+
+    class _Done:
+        thread = type("T", (), {"join": staticmethod(lambda: None)})
+
+    monkeypatch.setattr(server, "_popen_start_rpc_server", lambda *a, **k: 9091)
+    monkeypatch.setattr(server.PopenRPCServerState, "current", _Done, raising=False)
+    monkeypatch.setattr(server, "_serving", server._serving)  # the wrapper is undone after
+    with caplog.at_level("WARNING", logger=rpc_server.__name__):
+        rpc_server.serve("127.0.0.1", 9091, 9092, None, "")
+        assert not caplog.records
+        rpc_server.serve("0.0.0.0", 9091, 9092, None, "")
+    assert "0.0.0.0:9091" in caplog.text and "upload and run native code" in caplog.text
+    assert rpc_server.is_loopback("localhost") and rpc_server.is_loopback("::1")
+    assert not rpc_server.is_loopback("192.168.1.2")

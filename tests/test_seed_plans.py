@@ -8,11 +8,11 @@ import random
 import onnxruntime as ort
 import pytest
 
-from ago_search.bench import compare_outputs
-from ago_search.build import run_executable
+from ago_search.build import compile_plan, run_executable
 from ago_search.devices import host_target
 from ago_search.frontend import import_onnx, random_inputs
 from ago_search.graph import tvm_default_groups
+from ago_search.measure.compare import compare_outputs
 from ago_search.partition import (
     Illegal,
     dnnfusion_seed,
@@ -21,7 +21,7 @@ from ago_search.partition import (
     tvm_seed,
 )
 from ago_search.pipeline import prepare_model
-from ago_search.plan import Plan, compile_plan
+from ago_search.plan import Plan
 
 TOLERANCE = 1e-4
 
@@ -57,6 +57,7 @@ def _seeds(prepared):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bert_tiny", "mobilenetv2"])
 def test_every_seed_compiles_and_matches_ort(zoo, name):
     entry, prepared = _prepared(zoo, name)
@@ -70,7 +71,10 @@ def test_every_seed_compiles_and_matches_ort(zoo, name):
     assert multi_complex > 0  # the intensive seeds really fused several complex ops
 
 
-@pytest.mark.parametrize("name,seed", [("bert_tiny", 0), ("squeezenet", 1), ("dbnet", 2)])
+@pytest.mark.parametrize(
+    "name,seed",
+    [("bert_tiny", 0), ("squeezenet", 1), pytest.param("dbnet", 2, marks=pytest.mark.slow)],
+)
 def test_random_legal_partitions_match_ort(zoo, name, seed):
     """Random merges by Partition's own moves (illegal ones refused), then compiled."""
     entry, prepared = _prepared(zoo, name)

@@ -14,10 +14,11 @@ import tvm
 import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
+from ago_search.database import task_key
 from ago_search.frontend import import_onnx
 from ago_search.graph import OpGraph, build_opgraph, legalize, tvm_default_groups
 from ago_search.plan import Plan, apply_plan
-from ago_search.schedule import Task, extract_tasks, task_key, workload_module
+from ago_search.schedule import Task, extract_tasks, workload_module
 
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +156,7 @@ print(json.dumps([t.key for t in extract_tasks(fused, target)]))
 """
 
 
+@pytest.mark.slow
 def test_task_keys_are_the_same_in_another_process(zoo):
     path = zoo["mlp"]["path"]
     run = subprocess.run(

@@ -20,22 +20,23 @@ import tvm_ffi
 from model_builders import make_model, weight
 from onnx import TensorProto, helper
 
-from ago_search.bench import compare_outputs
-from ago_search.build import run_executable
-from ago_search.database import Status, TuningDatabase
+from ago_search.build import apply_schedules, compile_plan_tuned, run_executable
+from ago_search.database import SqliteDatabase, Status, TuningDatabase
 from ago_search.devices import detect_host
-from ago_search.frontend import import_onnx, random_inputs
+from ago_search.frontend import random_inputs
 from ago_search.measure import MeasureProtocol
-from ago_search.pipeline import prepare_model, seed_partition
-from ago_search.plan import Plan, apply_plan, apply_schedules, compile_plan_tuned
-from ago_search.schedule import extract_tasks
+from ago_search.measure.compare import compare_outputs
+from ago_search.pipeline import load_planned
+from ago_search.schedule.config import TuningConfig
+from ago_search.schedule.results import SOURCE_UNTUNED
 from ago_search.schedule.scheduler import (
     FirstPassScheduler,
     TaskPrior,
     expected_gain,
     first_pass_round,
 )
-from ago_search.schedule.tune import SOURCE_UNTUNED, TuningConfig, tune_tasks
+from ago_search.schedule.tune import tune_tasks
+from cost_model.factory import make_cost_model
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=2.0)
@@ -61,13 +62,8 @@ def conv_matmul() -> onnx.ModelProto:
 
 def _planned(path: Path):
     host = detect_host()
-    target = host.tvm_target()
-    imported = import_onnx(path, {})
-    prepared = prepare_model(imported, target)
-    seed = seed_partition(prepared, "tvm")
-    plan = Plan.from_assignment(prepared.graph, seed.partition.assignment())
-    fused = apply_plan(prepared.legalized, prepared.graph, plan, target)
-    return host, imported, prepared, plan, fused, extract_tasks(fused, target, plan, prepared.graph)
+    p = load_planned(path, plan="tvm", device=host)
+    return host, p.imported, p.prepared, p.plan, p.fused, list(p.tasks)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +86,7 @@ def tuned(model_path, tmp_path_factory):
         protocol=FAST,
         seed=3,
     )
-    report = tune_tasks(tasks, host, db, config)
+    report = tune_tasks(tasks, host, db, config, cost_model=make_cost_model("xgb", seed=3))
     return SimpleNamespace(
         host=host,
         imported=imported,
@@ -176,6 +172,7 @@ def _search_records(store: TuningDatabase, task_key: str, device_key: str):
     ]
 
 
+@pytest.mark.slow
 def test_every_task_is_measured_before_any_gets_a_second_round(tuned):
     store = TuningDatabase(tuned.db, read_only=True)
     keys = {t.key for t in tuned.tasks}
@@ -198,18 +195,22 @@ def test_every_task_is_measured_before_any_gets_a_second_round(tuned):
         assert result.statuses.get("wrong_result", 0) == 0
 
 
+@pytest.mark.slow
 def test_a_finished_run_measures_nothing_again(tuned):
     before = len(TuningDatabase(tuned.db, read_only=True))
-    report = tune_tasks(tuned.tasks, tuned.host, tuned.db, tuned.config)
+    report = tune_tasks(
+        tuned.tasks, tuned.host, tuned.db, tuned.config, cost_model=make_cost_model("xgb", seed=3)
+    )
     assert report.trials_run == 0
     assert report.trials_before == before - len(tuned.tasks)  # the untuned kernels aside
     assert len(TuningDatabase(tuned.db, read_only=True)) == before
 
 
+@pytest.mark.slow
 def test_tuned_build_applies_the_records_and_matches_onnxruntime(tuned):
     store = TuningDatabase(tuned.db, read_only=True)
     target = tuned.host.tvm_target()
-    db = store.metaschedule(tuned.host.key, target)
+    db = SqliteDatabase(store, tuned.host.key, target)
     build = compile_plan_tuned(
         tuned.prepared.legalized, tuned.prepared.graph, tuned.plan, target, db
     )
@@ -237,6 +238,7 @@ def test_tuned_build_applies_the_records_and_matches_onnxruntime(tuned):
     assert all(c.ok for c in checks), checks
 
 
+@pytest.mark.slow
 def test_measure_cli_times_the_tuned_model_verified(tuned, tmp_path):
     out = tmp_path / "measure.json"
     result = subprocess.run(
@@ -265,7 +267,9 @@ _TUNE_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[5])
     from test_tune import FAST, _planned
     from ago_search.database import trace_hash
-    from ago_search.schedule.tune import TuningConfig, tune_tasks
+    from ago_search.schedule.config import TuningConfig
+    from ago_search.schedule.tune import tune_tasks
+    from cost_model.factory import make_cost_model
 
     model, db, journal, trials = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
@@ -283,7 +287,9 @@ _TUNE_SCRIPT = textwrap.dedent(
     host, _, _, _, _, tasks = _planned(model)
     keys = [t.key for t in tasks]
     config = TuningConfig(trials=trials, trials_per_round=2, population_size=64, protocol=FAST)
-    report = tune_tasks(tasks, host, db, config, measure_callbacks=[Journal()])
+    report = tune_tasks(
+        tasks, host, db, config, cost_model=make_cost_model("xgb"), measure_callbacks=[Journal()]
+    )
     print(json.dumps({"trials_before": report.trials_before, "trials_run": report.trials_run}))
     """
 )
@@ -305,6 +311,7 @@ def _identities(db: Path) -> dict[tuple[str, str], float]:
         store.close()
 
 
+@pytest.mark.slow
 def test_killed_tuning_resumes_without_measuring_anything_twice(model_path, tmp_path):
     db, journal = tmp_path / "tuning.db", tmp_path / "journal.txt"
     first = _start_tuning(model_path, db, journal, trials=200)

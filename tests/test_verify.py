@@ -15,12 +15,13 @@ from tvm.s_tir.meta_schedule.builder import BuilderResult
 from tvm.s_tir.meta_schedule.runner import RunnerInput, RunnerResult
 from tvm.script import tirx as T
 
-from ago_search.database import Status, TuningDatabase
+from ago_search.database import SqliteDatabase, Status, TuningDatabase, task_key, trace_hash
 from ago_search.devices import detect_host
 from ago_search.measure import MeasureProtocol
 from ago_search.measure.builders import compile_candidate, export_candidate
-from ago_search.measure.runners import SubprocessRunner
-from ago_search.schedule.tasks import task_key, workload_module
+from ago_search.measure.local_runner import SubprocessRunner
+from ago_search.measure.status import ResultStatuses
+from ago_search.schedule.tasks import workload_module
 from ago_search.schedule.verify import (
     ReferenceCheck,
     compare_arguments,
@@ -166,33 +167,110 @@ def test_runner_flags_wrong_kernels_and_passes_right_ones(runner, check, target,
     assert future.result().error_msg is None
 
 
-def test_wrong_results_are_stored_as_wrong_result(tmp_path, target) -> None:
-    """CommitMeasurements maps the runner's "wrong result: ..." to Status.WRONG_RESULT."""
-    store = TuningDatabase(tmp_path / "tuning.db")
-    db = store.metaschedule("host-test", target)
+def _matmul_task(store: TuningDatabase, target) -> tuple[tvm.IRModule, str]:
     mod = _matmul()
     key = task_key(int(tvm_ffi.structural_hash(mod)), target)
     store.commit_task(key, target, mod)
-    schedules = []
-    for factor in (4, 8, 16):
+    return mod, key
+
+
+def _candidates(mod: tvm.IRModule, count: int) -> list[ms.MeasureCandidate]:
+    """`count` distinct schedules of `mod` (distinct traces: distinct records)."""
+    candidates = []
+    for factor in (2, 4, 8, 16, 32)[:count]:
         sch = tvm.s_tir.Schedule(mod)
         sch.split(sch.get_loops(sch.get_sblock("C"))[0], [None, factor])
-        schedules.append(sch)
-    candidates = [ms.MeasureCandidate(s, ArgInfo.from_entry_func(mod)) for s in schedules]
-    built = [BuilderResult("lib.so", None)] * 3
+        candidates.append(ms.MeasureCandidate(sch, ArgInfo.from_entry_func(mod)))
+    return candidates
+
+
+def _scheduler_of(mod: tvm.IRModule, target) -> SimpleNamespace:
+    """What CommitMeasurements reads of MetaSchedule's task scheduler."""
+    return SimpleNamespace(tasks_=[SimpleNamespace(ctx=SimpleNamespace(target=target, mod=mod))])
+
+
+def test_records_take_the_status_the_builder_and_runner_give(tmp_path, target) -> None:
+    """CommitMeasurements stores the status a builder or runner gives a failed result, as
+    data: the error text, kept for a person, decides nothing (here it says otherwise)."""
+    store = TuningDatabase(tmp_path / "tuning.db")
+    db = SqliteDatabase(store, "host-test", target)
+    mod, key = _matmul_task(store, target)
+    builder, runner = ResultStatuses(), ResultStatuses()  # what ours keep, as they keep it
+    built = [BuilderResult("lib.so", None)] * 4 + [
+        builder.remember(BuilderResult(None, "LocalBuilder: build failed"), Status.TIMEOUT)
+    ]
     ran = [
         RunnerResult([1e-4, 1e-4], None),
-        RunnerResult(None, "wrong result: argument 2 (float32[64x64]): max abs error 3"),
-        RunnerResult(None, "SubprocessRunner: timeout, killed after 30 s"),
+        runner.remember(RunnerResult(None, "max abs error 3"), Status.WRONG_RESULT),
+        runner.remember(RunnerResult(None, "wrong result: no"), Status.TIMEOUT),
+        runner.remember(RunnerResult(None, "timeout? no: SIGSEGV"), Status.RUN_ERROR),
+        RunnerResult(None, "not run"),
     ]
-    scheduler = SimpleNamespace(
-        tasks_=[SimpleNamespace(ctx=SimpleNamespace(target=target, mod=mod))]
-    )
-    # the Python side of the callback, as MetaSchedule's loop calls it
-    db.measure_callback()._inst.apply(scheduler, 0, candidates, built, ran)
-    statuses = [r.status for r in store.records(key, "host-test")]
-    assert statuses == [Status.OK, Status.WRONG_RESULT, Status.TIMEOUT]
+    # through an FFI array, as MetaSchedule's loop hands them on: the same objects
+    built, ran = list(tvm_ffi.Array(built)), list(tvm_ffi.Array(ran))
+    callback = db.measure_callback(builder, runner)
+    callback._inst.apply(_scheduler_of(mod, target), 0, _candidates(mod, 5), built, ran)
+    records = store.records(key, "host-test")
+    by_error = {r.error: r.status for r in records}
+    assert by_error == {
+        None: Status.OK,
+        "max abs error 3": Status.WRONG_RESULT,
+        "wrong result: no": Status.TIMEOUT,
+        "timeout? no: SIGSEGV": Status.RUN_ERROR,
+        "LocalBuilder: build failed": Status.TIMEOUT,
+    }
     # a wrong result is never a best, and MetaSchedule never gets it as a top record
     (best,) = store.best(key, "host-test", k=5)
     assert best.status is Status.OK
     assert len(db.get_top_k(db.commit_workload(mod), 5)) == 1
+
+    # a builder or runner that gives no status (MetaSchedule's own): build_error, run_error
+    plain = SqliteDatabase(TuningDatabase(tmp_path / "plain.db"), "host-test", target)
+    _matmul_task(plain.store, target)
+    failed = [RunnerResult(None, "wrong result: timeout")] * 4
+    plain.measure_callback()._inst.apply(
+        _scheduler_of(mod, target), 0, _candidates(mod, 5)[1:], built[1:], failed
+    )
+    statuses = sorted(str(r.status) for r in plain.store.records())
+    assert statuses == ["build_error", "run_error", "run_error", "run_error"]
+
+
+def test_wrong_result_timeout_and_crash_land_with_their_status(runner, check, target, tmp_path):
+    """Our runner's wrong result, time-out and crash, each committed with its own status."""
+    from tir_kernels import never_ends, writes_far_out_of_bounds
+
+    store = TuningDatabase(tmp_path / "tuning.db")
+    db = SqliteDatabase(store, "host-test", target)
+    mod, key = _matmul_task(store, target)
+    check.add(key, mod)
+    check.select(key)
+    matmul_args = ArgInfo.from_entry_func(mod, remove_preproc=True)
+    vector_args = ArgInfo.from_prim_func(never_ends)
+    libraries = [
+        (_library(_scheduled_matmul(), target, tmp_path), matmul_args),
+        (_library(_matmul(plus_one=True), target, tmp_path), matmul_args),
+        (_library(tvm.IRModule({"main": never_ends}), target, tmp_path), vector_args),
+        (_library(tvm.IRModule({"main": writes_far_out_of_bounds}), target, tmp_path), vector_args),
+    ]
+    built = [BuilderResult(path, None) for path, _ in libraries]
+    runner.timeout_sec = 3.0
+    try:
+        futures = runner.run([RunnerInput(path, "llvm", args) for path, args in libraries])
+        ran = [future.result() for future in futures]
+    finally:
+        runner.timeout_sec = 60
+    callback = db.measure_callback(None, runner)
+    callback._inst.apply(_scheduler_of(mod, target), 0, _candidates(mod, 4), built, ran)
+    by_trace = {r.trace_hash: r for r in store.records(key, "host-test")}
+    records = [by_trace[trace_hash(c.sch.trace)] for c in _candidates(mod, 4)]
+    assert [r.status for r in records] == [
+        Status.OK,
+        Status.WRONG_RESULT,
+        Status.TIMEOUT,
+        Status.RUN_ERROR,
+    ]
+    assert records[0].error is None and len(records[0].latencies) == FAST.repeat
+    # the text a person reads is kept with each failure
+    assert records[1].error.startswith("wrong result: argument 2")
+    assert "killed after 3.0 s" in records[2].error
+    assert "SIGSEGV" in records[3].error or "SIGBUS" in records[3].error

@@ -1,5 +1,5 @@
 """The XGB cost model of our tuning: MetaSchedule's XGBModel with its pack-sum Newton step
-sized by the candidate's number of stores (ago_search/schedule/xgb.py)."""
+sized by the candidate's number of stores (cost_model/xgb.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ def _fit(cls, xs, ys):
     return model._inst._predict(xs)
 
 
+@pytest.mark.slow
 def test_packsum_model_learns_what_metaschedules_diverges_on() -> None:
     from tvm.s_tir import meta_schedule as ms
 
-    from ago_search.schedule.xgb import PackSumXGBModel
+    from cost_model.xgb import PackSumXGBModel
 
     xs, ys = _many_store_candidates()
     ours = _fit(PackSumXGBModel, xs, ys)
@@ -45,13 +46,13 @@ def test_tuning_cost_model_names() -> None:
     from tvm.s_tir import meta_schedule as ms
 
     from ago_search.errors import AgoSearchError
-    from ago_search.schedule.tune import make_cost_model
-    from ago_search.schedule.xgb import PackSumXGBModel
+    from cost_model.factory import make_cost_model
+    from cost_model.xgb import PackSumXGBModel
 
-    model, name = make_cost_model("xgb")
-    assert isinstance(model, PackSumXGBModel) and name == "xgb"
-    model, name = make_cost_model("xgb-ms")
-    assert isinstance(model, ms.cost_model.XGBModel) and name == "xgb-ms"
+    model = make_cost_model("xgb")
+    assert isinstance(model, PackSumXGBModel) and model.label == "xgb"
+    model = make_cost_model("xgb-ms")
+    assert isinstance(model, ms.cost_model.XGBModel) and model.label == "xgb-ms"
     assert not isinstance(model, PackSumXGBModel)
-    with pytest.raises(AgoSearchError, match="choose gnn, xgb, xgb-ms or random"):
+    with pytest.raises(AgoSearchError, match="choose one of gnn, xgb, xgb-ms, random"):
         make_cost_model("lightgbm")

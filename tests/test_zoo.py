@@ -215,6 +215,7 @@ def test_up_to_date_models_are_skipped(manifest: dict[str, Any]) -> None:
     assert again["models"]["mlp"] == manifest["models"]["mlp"]
 
 
+@pytest.mark.slow
 def test_regeneration_is_byte_identical(manifest: dict[str, Any], tmp_path: Path) -> None:
     names = ["mlp", "bert_tiny", "squeezenet"]  # one per exporter, all cheap
     for name in names:

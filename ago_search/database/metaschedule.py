@@ -9,15 +9,17 @@ MetaSchedule's interface knows no devices, so a `SqliteDatabase` is a view of on
 MetaSchedule commits is stored under `device_key`, and what it reads (best records, all
 records, size) is that device's, limited to `target` when one is given. Its workloads are the
 tasks' modules; a record it commits lands on the task of (workload, target), registered with
-the key `schedule.task_key(structural hash, target)` when new, so `TuningDatabase.records(
+the key `keys.task_key(structural hash, target)` when new, so `TuningDatabase.records(
 task.key, device_key)` finds MetaSchedule's records for a `schedule.Task`.
 
 Statuses. MetaSchedule stores a failed candidate (build or run error, timeout) with run time
 1e10 s and no reason. Records it commits that way become `run_error` records; records it reads
 that are not ok come back with run time 1e10, so MetaSchedule never ranks a failure or a wrong
-result first. For the real reason of each failure, put `db.measure_callback()` before
-MetaSchedule's default callbacks: it commits every candidate with its status and error
-message first, and AddToDatabase's commit of the same trace then adds nothing.
+result first. For the real reason of each failure, put `db.measure_callback(builder, runner)`
+before MetaSchedule's default callbacks: it commits every candidate with its status and error
+message first, and AddToDatabase's commit of the same trace then adds nothing. The status of a
+failure is the builder's or runner's word (`status_of(result)`, which our builders and
+runners in `ago_search.measure` answer); the error message is only kept for a person to read.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import tvm
 import tvm_ffi
@@ -35,6 +37,7 @@ from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
+from ago_search.database.keys import task_key as make_task_key
 from ago_search.database.records import (
     MS_FAILURE_SECONDS,
     Record,
@@ -43,17 +46,13 @@ from ago_search.database.records import (
     canonical_target,
     trace_to_json,
 )
-from ago_search.database.store import _SELECT, TuningDatabase, _record
-from ago_search.schedule.tasks import task_key as make_task_key
+from ago_search.database.store import TuningDatabase
 
-__all__ = ["CommitMeasurements", "SqliteDatabase"]
+__all__ = ["CommitMeasurements", "SqliteDatabase", "StatusSource"]
 
 log = logging.getLogger(__name__)
 
 _NO_RUN_TIME = "MetaSchedule recorded no run time (the build or the run failed)"
-
-# How `ago_search.measure.runners` starts the error of a candidate its output hook rejected.
-_WRONG_RESULT = "wrong result:"
 
 # Error messages (build logs with the whole module printed) are cut to this many characters.
 _MAX_ERROR_CHARS = 8000
@@ -82,12 +81,21 @@ def _without_host(target: str) -> str | None:
     return canonical_json(spec)
 
 
-def _run_status(error_msg: str) -> Status:
-    """The status of a candidate the runner failed: an output hook's complaint (the runners
-    report it as "wrong result: ...") is a wrong result, a time-out a timeout."""
-    if error_msg.startswith(_WRONG_RESULT):
-        return Status.WRONG_RESULT
-    return Status.TIMEOUT if "timeout" in error_msg.lower() else Status.RUN_ERROR
+class StatusSource(Protocol):
+    """A builder or runner that knows why each result it returned failed (ours do:
+    `ago_search.measure.status`)."""
+
+    def status_of(self, result: Any) -> Status | None:
+        """The status of a failed result it returned; None if it does not know it."""
+        ...
+
+
+def _status_of(source: StatusSource | None, result: Any, default: Status) -> Status:
+    """The status `source` gives a failed result; `default` from a builder or runner that
+    gives none (MetaSchedule's own)."""
+    if source is None or not hasattr(source, "status_of"):
+        return default
+    return source.status_of(result) or default
 
 
 def _failed(run_secs: list[float] | None) -> bool:
@@ -97,8 +105,8 @@ def _failed(run_secs: list[float] | None) -> bool:
 
 
 def _task_key_for(store: TuningDatabase, mod: tvm.IRModule, target: str) -> str:
-    """The task of (module, target): the registered one, or a new one keyed as `schedule`
-    keys tasks."""
+    """The task of (module, target): the registered one, or a new one keyed as
+    `schedule.extract_tasks` keys tasks."""
     wid = store.commit_workload(mod)
     keys = store.task_keys_of_workload(wid, target)
     if keys:
@@ -135,7 +143,8 @@ class SqliteDatabase(PyDatabase):
         self.target = canonical_target(target) if target is not None else None
         self._workload_objects: dict[int, Workload] = {}
         self._args_info: dict[int, list[Any]] = {}
-        self._tuning_records: dict[int, TuningRecord] = {}  # record row id -> replayed record
+        # (task key, trace hash, target) of a record -> the record replayed
+        self._tuning_records: dict[tuple[str, str, str], TuningRecord] = {}
 
     # ------------------------------------------------------------ MetaSchedule's interface
 
@@ -174,18 +183,15 @@ class SqliteDatabase(PyDatabase):
         wid = self.store.find_workload(workload.mod)
         if wid is None:
             return []
-        return self._select(wid, self.target, ok_only=True, limit=top_k)
+        records = self.store.workload_best(wid, self.device_key, top_k, self.target)
+        return [self._tuning_record(wid, r) for r in records]
 
     def get_all_tuning_records(self) -> list[TuningRecord]:
-        sql = "SELECT DISTINCT workload_id FROM tasks WHERE workload_id IS NOT NULL"
-        params: tuple = ()
-        if self.target is not None:
-            sql += " AND target = ?"
-            params = (self.target,)
-        result: list[TuningRecord] = []
-        for (wid,) in self.store._query(sql + " ORDER BY workload_id", params):
-            result.extend(self._select(wid, self.target, ok_only=False, limit=None))
-        return result
+        return [
+            self._tuning_record(wid, record)
+            for wid in self.store.workload_ids(self.target)
+            for record in self.store.workload_records(wid, self.device_key, self.target)
+        ]
 
     def query_tuning_record(
         self, mod: tvm.IRModule, target: Any, workload_name: str | None = None
@@ -194,31 +200,26 @@ class SqliteDatabase(PyDatabase):
         if wid is None:
             return None
         wanted = canonical_target(target) if target is not None else self.target
-        found = self._select(wid, wanted, ok_only=True, limit=1)
+        found = self.store.workload_best(wid, self.device_key, 1, wanted)
         if not found and wanted is not None and (bare := _without_host(wanted)) is not None:
             # a build target carrying its host (tvm.compile adds one) tunes like the bare one
-            found = self._select(wid, bare, ok_only=True, limit=1)
-        return found[0] if found else None
+            found = self.store.workload_best(wid, self.device_key, 1, bare)
+        return self._tuning_record(wid, found[0]) if found else None
 
     def __len__(self) -> int:
-        sql = (
-            "SELECT count(*) FROM records r JOIN tasks t ON t.task_key = r.task_key "
-            "WHERE t.workload_id IS NOT NULL AND r.device_key = ?"
-        )
-        params: tuple = (self.device_key,)
-        if self.target is not None:
-            sql += " AND r.target = ?"
-            params += (self.target,)
-        return int(self.store._query(sql, params)[0][0])
+        return self.store.workload_record_count(self.device_key, self.target)
 
     # ------------------------------------------------------------ ours
 
-    def measure_callback(self) -> CommitMeasurements:
+    def measure_callback(
+        self, builder: StatusSource | None = None, runner: StatusSource | None = None
+    ) -> CommitMeasurements:
         """A measure callback committing every candidate with its status and error message;
         put it before MetaSchedule's default callbacks:
-        `measure_callbacks=[db.measure_callback(), *ms.measure_callback.MeasureCallback.create(
-        "default")]`."""
-        return CommitMeasurements(self.store, self.device_key)
+        `measure_callbacks=[db.measure_callback(builder, runner),
+        *ms.measure_callback.MeasureCallback.create("default")]`. builder, runner: the ones
+        the search uses, asked why a candidate failed (see `CommitMeasurements`)."""
+        return CommitMeasurements(self.store, self.device_key, builder=builder, runner=runner)
 
     def _workload(self, wid: int) -> Workload:
         workload = self._workload_objects.get(wid)
@@ -235,33 +236,11 @@ class SqliteDatabase(PyDatabase):
             self._args_info[wid] = info
         return info
 
-    def _select(
-        self, wid: int, target: str | None, *, ok_only: bool, limit: int | None
-    ) -> list[TuningRecord]:
-        keys = self.store.task_keys_of_workload(wid, target)
-        if not keys:
-            return []
-        marks = ", ".join("?" * len(keys))
-        sql = f"SELECT id, {_SELECT} FROM records WHERE task_key IN ({marks}) AND device_key = ?"
-        params: tuple = (*keys, self.device_key)
-        if target is not None:
-            sql += " AND target = ?"
-            params += (target,)
-        if ok_only:
-            sql += " AND status = ? ORDER BY median, id"
-            params += (str(Status.OK),)
-        else:
-            sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params += (limit,)
-        return [self._tuning_record(wid, row[0], row[1:]) for row in self.store._query(sql, params)]
-
-    def _tuning_record(self, wid: int, row_id: int, row: tuple) -> TuningRecord:
-        cached = self._tuning_records.get(row_id)
+    def _tuning_record(self, wid: int, record: Record) -> TuningRecord:
+        identity = (record.task_key, record.trace_hash, record.target)
+        cached = self._tuning_records.get(identity)
         if cached is not None:
             return cached
-        record = _record(row)
         run_secs = list(record.latencies) if record.ok else [MS_FAILURE_SECONDS]
         as_json = [
             json.loads(record.trace_json),
@@ -272,19 +251,33 @@ class SqliteDatabase(PyDatabase):
         # replays the trace on the stored module: a trace that no longer applies (another TVM
         # version) fails here, loudly, rather than as a silently untuned kernel later
         tuning_record = TuningRecord.from_json(as_json, self._workload(wid))
-        self._tuning_records[row_id] = tuning_record
+        self._tuning_records[identity] = tuning_record
         return tuning_record
 
 
 @derived_object
 class CommitMeasurements(PyMeasureCallback):
     """Commits every measured candidate of MetaSchedule's search as a `Record` with its status
-    (ok, build_error, run_error, timeout, wrong_result) and error message, on `device_key`."""
+    (ok, build_error, run_error, timeout, wrong_result) and error message, on `device_key`.
 
-    def __init__(self, store: TuningDatabase, device_key: str) -> None:
+    builder, runner: those of the search, asked the status of each failed result
+    (`StatusSource.status_of`); without one (or one that does not say, as MetaSchedule's own
+    do not), a failed build is a build_error and a failed run a run_error.
+    """
+
+    def __init__(
+        self,
+        store: TuningDatabase,
+        device_key: str,
+        *,
+        builder: StatusSource | None = None,
+        runner: StatusSource | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
         self.device_key = device_key
+        self.builder = builder
+        self.runner = runner
 
     def apply(
         self,
@@ -303,10 +296,11 @@ class CommitMeasurements(PyMeasureCallback):
             trace = trace_to_json(candidate.sch.trace)
             outcome: dict[str, Any]
             if built.error_msg:
-                status = Status.TIMEOUT if "timeout" in built.error_msg.lower() else None
-                outcome = {"status": status or Status.BUILD_ERROR, "error": _short(built.error_msg)}
+                status = _status_of(self.builder, built, Status.BUILD_ERROR)
+                outcome = {"status": status, "error": _short(built.error_msg)}
             elif ran.error_msg:
-                outcome = {"status": _run_status(ran.error_msg), "error": _short(ran.error_msg)}
+                status = _status_of(self.runner, ran, Status.RUN_ERROR)
+                outcome = {"status": status, "error": _short(ran.error_msg)}
             else:
                 secs = _seconds(ran.run_secs) or []
                 outcome = {"latencies": tuple(secs)}

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ago_search.database.keys import target_string
+
 __all__ = [
     "MS_FAILURE_SECONDS",
     "Record",
@@ -117,15 +119,13 @@ def _canonical_target_text(text: str) -> str:
             return text
     import tvm
 
-    from ago_search.schedule.tasks import target_string
-
     stripped = text.strip()
     spec: Any = json.loads(stripped) if stripped.startswith("{") else stripped
     return target_string(tvm.target.Target(spec))
 
 
 def canonical_target(target: Any) -> str:
-    """A target as the canonical JSON string tasks are keyed by (`schedule.target_string`).
+    """A target as the canonical JSON string tasks are keyed by (`keys.target_string`).
 
     Takes a `tvm.target.Target`, a target dict or its JSON text (TVM 0.27 no longer parses
     "llvm -mcpu=..." strings); equal targets give equal strings, with TVM's defaults (keys,
@@ -135,8 +135,6 @@ def canonical_target(target: Any) -> str:
         return _canonical_target_text(target)
     if isinstance(target, dict):
         return _canonical_target_text(canonical_json(target))
-    from ago_search.schedule.tasks import target_string
-
     return target_string(target)
 
 
@@ -164,7 +162,7 @@ def _json_float(value: float | None) -> float | None:
 class Record:
     """One measurement of one schedule (a trace) of one task on one device.
 
-    task_key: the task (`schedule.Task.key`: workload hash @ target digest).
+    task_key: the task (`keys.task_key`: workload hash @ target digest).
     device_key: the device it was measured on ("host-znver3", "pixel7").
     target: the compilation target, canonical JSON (`canonical_target`; any target form is
         accepted and normalised).

@@ -1,15 +1,8 @@
 """The tuning database: every measurement of every task on every device, in one SQLite file.
 
-Tables (schema version 1):
-
-- `workloads(id, shash, mod_json)`: tasks' IRModules as `tvm.ir.save_json` text, found by
-  MetaSchedule's structural hash and confirmed by structural equality.
-- `tasks(task_key, target, workload_id, name, created_at)`: one row per task key; the
-  workload is NULL for a task whose records were committed without its module.
-- `records(id, task_key, device_key, target, trace_hash, trace_json, status, latencies,
-  median, error, layout, features, features_shape, measured_at, build_seconds, extra)`: one
-  row per (task_key, device_key, trace_hash, target), unique. Indexed for "was this trace
-  measured?" (the unique index) and for best-of queries (task, device, status, median).
+The tables, and records as rows of them, are in `schema`. Trace files (`jsonl`) and
+MetaSchedule's view of the file (`metaschedule.SqliteDatabase`) are built on the public
+methods of `TuningDatabase`.
 
 Crash safety. The file is in WAL mode and every commit is its own transaction, done before
 `commit_record` returns. A commit in WAL mode is an append to the `-wal` file: once `write(2)`
@@ -31,166 +24,39 @@ threads (calls are serialised); do not carry one across `fork`: open the path in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ago_search.database.records import (
-    Record,
-    Status,
-    TaskEntry,
-    canonical_json,
-    canonical_target,
-    decode_features,
-    encode_features,
+from ago_search.database.records import Record, Status, TaskEntry, canonical_target
+from ago_search.database.schema import (
+    INSERT_RECORD_OR_KEEP,
+    INSERT_RECORD_OR_REPLACE,
+    INSERT_TASK,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_RECORD,
+    record_from_row,
+    record_row,
+    task_entry,
 )
 from ago_search.errors import AgoSearchError
 
-__all__ = ["SCHEMA_VERSION", "DatabaseError", "TuningDatabase"]
+__all__ = ["DatabaseError", "TuningDatabase"]
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-
-_STATUSES = ", ".join(f"'{s}'" for s in Status)
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS workloads (
-    id INTEGER PRIMARY KEY,
-    shash TEXT NOT NULL,
-    mod_json TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS workloads_by_hash ON workloads (shash);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_key TEXT PRIMARY KEY,
-    target TEXT NOT NULL,
-    workload_id INTEGER REFERENCES workloads (id),
-    name TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_workload ON tasks (workload_id, target);
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY,
-    task_key TEXT NOT NULL,
-    device_key TEXT NOT NULL,
-    target TEXT NOT NULL,
-    trace_hash TEXT NOT NULL,
-    trace_json TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
-    latencies TEXT NOT NULL,
-    median REAL,
-    error TEXT,
-    layout TEXT,
-    features BLOB,
-    features_shape TEXT,
-    measured_at REAL NOT NULL,
-    build_seconds REAL,
-    extra TEXT NOT NULL DEFAULT '{{}}'
-);
-CREATE UNIQUE INDEX IF NOT EXISTS records_identity
-    ON records (task_key, device_key, trace_hash, target);
-CREATE INDEX IF NOT EXISTS records_best ON records (task_key, device_key, status, median);
-"""
-
-# Columns of `records` in the order rows are written and read (without the id).
-_COLUMNS = (
-    "task_key",
-    "device_key",
-    "target",
-    "trace_hash",
-    "trace_json",
-    "status",
-    "latencies",
-    "median",
-    "error",
-    "layout",
-    "features",
-    "features_shape",
-    "measured_at",
-    "build_seconds",
-    "extra",
-)
-_SELECT = ", ".join(_COLUMNS)
-_INSERT = (
-    f"INSERT INTO records ({_SELECT}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    "ON CONFLICT (task_key, device_key, trace_hash, target) DO "
-)
-_INSERT_OR_KEEP = _INSERT + "NOTHING"
-_INSERT_OR_REPLACE = (
-    _INSERT
-    + "UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in ("task_key", "device_key"))
-)
-_INSERT_TASK = (
-    "INSERT INTO tasks (task_key, target, workload_id, name, created_at) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (task_key) DO UPDATE SET "
-    "workload_id = coalesce(tasks.workload_id, excluded.workload_id), "
-    "name = coalesce(tasks.name, excluded.name)"
-)
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 class DatabaseError(AgoSearchError):
     """A tuning database or trace file cannot be used as given."""
-
-
-def _row(record: Record) -> tuple:
-    features: bytes | None = None
-    shape: str | None = None
-    if record.features is not None:
-        features, dims = encode_features(record.features)
-        shape = json.dumps(dims)
-    return (
-        record.task_key,
-        record.device_key,
-        record.target,
-        record.trace_hash,
-        record.trace_json,
-        str(record.status),
-        json.dumps(list(record.latencies)),
-        record.median,
-        record.error,
-        record.layout,
-        features,
-        shape,
-        record.measured_at,
-        record.build_seconds,
-        canonical_json(record.extra),
-    )
-
-
-def _record(row: Sequence[Any]) -> Record:
-    values = dict(zip(_COLUMNS, row, strict=True))
-    features = None
-    if values["features"] is not None:
-        features = decode_features(values["features"], json.loads(values["features_shape"]))
-    return Record(
-        task_key=values["task_key"],
-        device_key=values["device_key"],
-        target=values["target"],
-        trace_json=values["trace_json"],
-        status=Status(values["status"]),
-        latencies=tuple(json.loads(values["latencies"])),
-        median=values["median"],
-        error=values["error"],
-        layout=values["layout"],
-        features=features,
-        measured_at=values["measured_at"],
-        build_seconds=values["build_seconds"],
-        extra=json.loads(values["extra"]),
-    )
 
 
 class TuningDatabase:
@@ -251,7 +117,7 @@ class TuningDatabase:
 
     def _create_schema(self) -> None:
         with self._write() as conn:
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -379,7 +245,7 @@ class TuningDatabase:
         """
         wid = self.commit_workload(mod) if mod is not None else None
         with self._write() as conn:
-            conn.execute(_INSERT_TASK, (task_key, canonical_target(target), wid, name, time.time()))
+            conn.execute(INSERT_TASK, (task_key, canonical_target(target), wid, name, time.time()))
 
     def workload(self, task_key: str) -> Any | None:
         """The IRModule of a task, None if the task or its module is not stored."""
@@ -394,7 +260,7 @@ class TuningDatabase:
             "LEFT JOIN workloads w ON w.id = t.workload_id WHERE t.task_key = ?",
             (task_key,),
         )
-        return _task_entry(rows[0]) if rows else None
+        return task_entry(rows[0]) if rows else None
 
     def tasks(self, device_key: str | None = None) -> list[TaskEntry]:
         """Tasks in key order; with device_key, only those with records on that device."""
@@ -409,7 +275,7 @@ class TuningDatabase:
                 "WHERE r.task_key = t.task_key AND r.device_key = ?)"
             )
             params = (device_key,)
-        return [_task_entry(row) for row in self._query(sql + " ORDER BY t.task_key", params)]
+        return [task_entry(row) for row in self._query(sql + " ORDER BY t.task_key", params)]
 
     def task_keys_of_workload(self, workload_id: int, target: str | None = None) -> list[str]:
         """Keys of the tasks of a workload (for one canonical target, or any)."""
@@ -434,8 +300,10 @@ class TuningDatabase:
         new. Returns whether the record was written.
         """
         with self._write() as conn:
-            conn.execute(_INSERT_TASK, (record.task_key, record.target, None, None, time.time()))
-            cursor = conn.execute(_INSERT_OR_REPLACE if replace else _INSERT_OR_KEEP, _row(record))
+            conn.execute(INSERT_TASK, (record.task_key, record.target, None, None, time.time()))
+            cursor = conn.execute(
+                INSERT_RECORD_OR_REPLACE if replace else INSERT_RECORD_OR_KEEP, record_row(record)
+            )
             written = cursor.rowcount == 1
         if not written:
             log.debug("record %s/%s already stored", record.task_key, record.trace_hash)
@@ -443,13 +311,13 @@ class TuningDatabase:
 
     def commit_records(self, records: Iterable[Record]) -> int:
         """Store many records in one transaction (imports, merges); returns how many were new."""
-        rows = [_row(r) for r in records]
+        rows = [record_row(r) for r in records]
         tasks = {(row[0], row[2]) for row in rows}
         with self._write() as conn:
             now = time.time()
-            conn.executemany(_INSERT_TASK, [(k, t, None, None, now) for k, t in sorted(tasks)])
+            conn.executemany(INSERT_TASK, [(k, t, None, None, now) for k, t in sorted(tasks)])
             before = conn.total_changes
-            conn.executemany(_INSERT_OR_KEEP, rows)
+            conn.executemany(INSERT_RECORD_OR_KEEP, rows)
             return conn.total_changes - before
 
     def set_status(
@@ -499,8 +367,8 @@ class TuningDatabase:
     ) -> list[Record]:
         """Records in commit order, filtered by whichever of the arguments are given."""
         where, params = _filters(task_key, device_key, status, target)
-        rows = self._query(f"SELECT {_SELECT} FROM records{where} ORDER BY id", params)
-        return [_record(row) for row in rows]
+        rows = self._query(f"SELECT {SELECT_RECORD} FROM records{where} ORDER BY id", params)
+        return [record_from_row(row) for row in rows]
 
     def best(
         self, task_key: str, device_key: str, k: int = 1, target: Any | None = None
@@ -511,9 +379,52 @@ class TuningDatabase:
             return []
         where, params = _filters(task_key, device_key, Status.OK, target)
         rows = self._query(
-            f"SELECT {_SELECT} FROM records{where} ORDER BY median, id LIMIT ?", (*params, k)
+            f"SELECT {SELECT_RECORD} FROM records{where} ORDER BY median, id LIMIT ?", (*params, k)
         )
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
+
+    def workload_ids(self, target: Any | None = None) -> list[int]:
+        """Ids of the workloads that tasks (of one target, or of any) are registered with."""
+        sql = "SELECT DISTINCT workload_id FROM tasks WHERE workload_id IS NOT NULL"
+        params: tuple = ()
+        if target is not None:
+            sql += " AND target = ?"
+            params = (canonical_target(target),)
+        return [row[0] for row in self._query(sql + " ORDER BY workload_id", params)]
+
+    def workload_records(
+        self, workload_id: int, device_key: str, target: Any | None = None
+    ) -> list[Record]:
+        """Records on a device of every task of a workload, in commit order; with a target,
+        of its tasks for that target, and records of that target."""
+        where, params = _workload_filters(workload_id, device_key, None, target)
+        rows = self._query(f"SELECT {SELECT_RECORD} FROM records{where} ORDER BY id", params)
+        return [record_from_row(row) for row in rows]
+
+    def workload_best(
+        self, workload_id: int, device_key: str, k: int = 1, target: Any | None = None
+    ) -> list[Record]:
+        """The k fastest ok records of `workload_records` (by median), fastest first."""
+        if k <= 0:
+            return []
+        where, params = _workload_filters(workload_id, device_key, Status.OK, target)
+        rows = self._query(
+            f"SELECT {SELECT_RECORD} FROM records{where} ORDER BY median, id LIMIT ?", (*params, k)
+        )
+        return [record_from_row(row) for row in rows]
+
+    def workload_record_count(self, device_key: str, target: Any | None = None) -> int:
+        """Records on a device (of one target, or of any) whose task has its workload stored:
+        those MetaSchedule can replay."""
+        sql = (
+            "SELECT count(*) FROM records r JOIN tasks t ON t.task_key = r.task_key "
+            "WHERE t.workload_id IS NOT NULL AND r.device_key = ?"
+        )
+        params: tuple = (device_key,)
+        if target is not None:
+            sql += " AND r.target = ?"
+            params += (canonical_target(target),)
+        return int(self._query(sql, params)[0][0])
 
     def status_counts(
         self, task_key: str | None = None, device_key: str | None = None
@@ -530,7 +441,7 @@ class TuningDatabase:
     def __len__(self) -> int:
         return int(self._query("SELECT count(*) FROM records")[0][0])
 
-    # ---------------------------------------------------------------- merge, export, import
+    # ---------------------------------------------------------------- merge
 
     def merge_from(self, other: str | os.PathLike[str] | TuningDatabase) -> int:
         """Add every task, workload and record of another database that this one lacks.
@@ -566,52 +477,17 @@ class TuningDatabase:
         added = 0
         with self._write() as conn:
             conn.executemany(
-                _INSERT_TASK,
+                INSERT_TASK,
                 [(k, t, remap.get(w) if w is not None else None, n, c) for k, t, w, n, c in tasks],
             )
             before = conn.total_changes
             with source._lock:
-                cursor = source._conn.execute(f"SELECT {_SELECT} FROM records ORDER BY id")
+                cursor = source._conn.execute(f"SELECT {SELECT_RECORD} FROM records ORDER BY id")
                 while batch := cursor.fetchmany(1000):
-                    conn.executemany(_INSERT_OR_KEEP, batch)
+                    conn.executemany(INSERT_RECORD_OR_KEEP, batch)
             added = conn.total_changes - before
         log.info("merged %d new records from %s into %s", added, source.path, self.path)
         return added
-
-    def export_jsonl(
-        self,
-        path: str | os.PathLike[str],
-        device_key: str | None = None,
-        compress: bool = True,
-        where: Callable[[Record], bool] | None = None,
-    ) -> int:
-        """Write records (of one device, or all; those `where` accepts, if given) as a
-        datasets/ trace file; how many."""
-        from ago_search.database.jsonl import export_jsonl
-
-        return export_jsonl(self, path, device_key=device_key, compress=compress, where=where)
-
-    def import_jsonl(self, path: str | os.PathLike[str]) -> int:
-        """Add the tasks and records of a datasets/ trace file; how many records were new."""
-        from ago_search.database.jsonl import import_jsonl
-
-        return import_jsonl(self, path)
-
-    def metaschedule(self, device_key: str, target: Any | None = None) -> Any:
-        """This database as a MetaSchedule `Database` for one device (see `SqliteDatabase`)."""
-        from ago_search.database.metaschedule import SqliteDatabase
-
-        return SqliteDatabase(self, device_key, target)
-
-
-def _task_entry(row: Sequence[Any]) -> TaskEntry:
-    key, target, shash, name = row
-    return TaskEntry(
-        task_key=key,
-        target=target,
-        workload_hash=int(shash) if shash is not None else None,
-        name=name,
-    )
 
 
 def _filters(
@@ -633,3 +509,16 @@ def _filters(
             params.append(value)
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
     return where, tuple(params)
+
+
+def _workload_filters(
+    workload_id: int, device_key: str, status: Status | str | None, target: Any | None
+) -> tuple[str, tuple]:
+    """`_filters` for the records of the tasks of a workload (of the target, if given)."""
+    where, params = _filters(None, device_key, status, target)
+    tasks = "SELECT task_key FROM tasks WHERE workload_id = ?"
+    task_params: tuple = (workload_id,)
+    if target is not None:
+        tasks += " AND target = ?"
+        task_params += (canonical_target(target),)
+    return f"{where} AND task_key IN ({tasks})", (*params, *task_params)

@@ -1,7 +1,9 @@
 """Measurement: the protocol every timing follows, device leases, builders and runners.
 
-`protocol` and `lease` are imported eagerly (no TVM); the builders and runners, which import
-TVM's MetaSchedule, are imported on first use of their names.
+`protocol` and `lease` are imported eagerly (no TVM); the rest on first use of their names:
+the builders (`builders`), the runners (`runner`: what they share, `local_runner`,
+`rpc_runner`), the statuses of their failed results (`status`), output comparison
+(`compare`) and TVM's thread settings (`threads`).
 """
 
 from __future__ import annotations
@@ -29,14 +31,23 @@ _LAZY = {
     "LocalBuilder": "builders",
     "RayBuilder": "builders",
     "DEFAULT_BUILD_TIMEOUT": "builders",
-    "SubprocessRunner": "runners",
-    "RPCRunner": "runners",
-    "Measurement": "runners",
-    "OutputHook": "runners",
-    "TUNING_PROTOCOL": "runners",
-    "DEFAULT_RUN_TIMEOUT": "runners",
-    "DeviceUnavailableError": "runners",
+    "Measurement": "runner",
+    "OutputHook": "runner",
+    "ResultStatuses": "status",
+    "TUNING_PROTOCOL": "runner",
+    "DEFAULT_RUN_TIMEOUT": "runner",
+    "MIN_CPU_SHARE": "runner",
+    "SubprocessRunner": "local_runner",
+    "RPCRunner": "rpc_runner",
+    "DeviceUnavailableError": "rpc_runner",
     "register_cpu_tensor_intrinsics": "intrinsics",
+    "DEFAULT_TOLERANCE": "compare",
+    "OutputCheck": "compare",
+    "compare_output": "compare",
+    "compare_outputs": "compare",
+    "set_tvm_threads": "threads",
+    "tvm_num_threads": "threads",
+    "tvm_thread_env": "threads",
 }
 
 __all__ = [

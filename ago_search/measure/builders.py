@@ -16,6 +16,10 @@ by side, but never during a measurement on the same cores.
 Libraries are always exported as shared objects (`.so`), linked here: with the host's
 compiler for a local device, with the profile's cross compiler for a device over RPC, whose
 RPC server then needs no compiler to load them.
+
+A failed build is a `BuilderResult` with an error text; why it failed (`Status.TIMEOUT` for a
+build past its time-out, else `Status.BUILD_ERROR`) the builder keeps beside it
+(`status.ResultStatuses`) and tells a measure callback through `status_of(result)`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 
+from ago_search.database.records import Status
 from ago_search.measure.lease import host_cpu_lease
+from ago_search.measure.status import ResultStatuses
 from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError, WorkerTimeout
 
 if TYPE_CHECKING:
@@ -158,6 +164,7 @@ class LocalBuilder(PyBuilder):
         self.timeout_sec = timeout_sec
         self.artifact_dir = _artifact_dir(artifact_dir, self)
         self.lease = host_cpu_lease(lease_dir)
+        self.statuses = ResultStatuses()
         self._idle: queue.SimpleQueue[IsolatedWorker] = queue.SimpleQueue()
         self._workers = [
             IsolatedWorker(preload=(__name__,), name=f"builder-{i}") for i in range(max_workers)
@@ -179,9 +186,15 @@ class LocalBuilder(PyBuilder):
             (tvm.ir.save_json(build_input.mod), _target_config(build_input.target))
             for build_input in build_inputs
         ]
-        return list(self._threads.map(lambda job: self._build_one(*job), jobs))
+        built = self._threads.map(lambda job: self._build_one(*job), jobs)
+        return [self.statuses.remember(result, status) for result, status in built]
 
-    def _build_one(self, mod_json: str, target: dict[str, Any]) -> BuilderResult:
+    def status_of(self, result: BuilderResult) -> Status | None:
+        """Why a BuilderResult this builder returned failed (timeout or build_error); None if
+        it did not (or is not one of this builder's)."""
+        return self.statuses.status_of(result)
+
+    def _build_one(self, mod_json: str, target: dict[str, Any]) -> tuple[BuilderResult, Status]:
         worker = self._idle.get()
         try:
             # Start-up (import tvm, seconds of CPU) and the build are work on the host's cores.
@@ -189,9 +202,8 @@ class LocalBuilder(PyBuilder):
                 try:
                     worker.ready()
                 except (WorkerTimeout, WorkerCrashed) as err:
-                    return BuilderResult(
-                        None, f"LocalBuilder: the build worker did not start: {err}"
-                    )
+                    error = f"LocalBuilder: the build worker did not start: {err}"
+                    return BuilderResult(None, error), Status.BUILD_ERROR
                 path = worker.call(
                     f"{__name__}:build_artifact",
                     mod_json,
@@ -200,13 +212,14 @@ class LocalBuilder(PyBuilder):
                     self.cross_compiler,
                     timeout=self.timeout_sec,
                 )
-            return BuilderResult(path, None)
+            return BuilderResult(path, None), Status.OK
         except WorkerTimeout:
-            return BuilderResult(None, f"LocalBuilder: timeout, killed after {self.timeout_sec} s")
+            error = f"LocalBuilder: timeout, killed after {self.timeout_sec} s"
+            return BuilderResult(None, error), Status.TIMEOUT
         except WorkerError as err:
-            return BuilderResult(None, f"LocalBuilder: build failed\n{err}")
+            return BuilderResult(None, f"LocalBuilder: build failed\n{err}"), Status.BUILD_ERROR
         except WorkerCrashed as err:
-            return BuilderResult(None, f"LocalBuilder: build crashed: {err}")
+            return BuilderResult(None, f"LocalBuilder: build crashed: {err}"), Status.BUILD_ERROR
         finally:
             self._idle.put(worker)
 
@@ -288,6 +301,7 @@ class RayBuilder(PyBuilder):
         self.max_in_flight = max_in_flight
         self.artifact_dir = _artifact_dir(artifact_dir, self)
         self.lease_dir = str(lease_dir) if lease_dir is not None else None
+        self.statuses = ResultStatuses()
 
     @classmethod
     def for_device(cls, profile: DeviceProfile, **kwargs: Any) -> RayBuilder:
@@ -333,10 +347,16 @@ class RayBuilder(PyBuilder):
                 if deadline <= now:
                     ray.cancel(ref, force=True)
                     running.pop(ref)
-                    results[index] = BuilderResult(
-                        None, f"RayBuilder: timeout, cancelled after {self.timeout_sec} s"
+                    error = f"RayBuilder: timeout, cancelled after {self.timeout_sec} s"
+                    results[index] = self.statuses.remember(
+                        BuilderResult(None, error), Status.TIMEOUT
                     )
         return [result for result in results if result is not None]
+
+    def status_of(self, result: BuilderResult) -> Status | None:
+        """Why a BuilderResult this builder returned failed (timeout or build_error); None if
+        it did not (or is not one of this builder's)."""
+        return self.statuses.status_of(result)
 
     def _collect(self, ref: Any) -> BuilderResult:
         import ray
@@ -344,7 +364,8 @@ class RayBuilder(PyBuilder):
         try:
             kind, value = ray.get(ref)
         except Exception as err:  # a RayTaskError carries the build's traceback
-            return BuilderResult(None, f"RayBuilder: build failed\n{err}")
+            failed = BuilderResult(None, f"RayBuilder: build failed\n{err}")
+            return self.statuses.remember(failed, Status.BUILD_ERROR)
         if kind == "path":
             return BuilderResult(str(value), None)
         path = _new_artifact_path(self.artifact_dir)

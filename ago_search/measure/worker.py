@@ -141,6 +141,9 @@ class IsolatedWorker:
         stderr_fd, stderr_path = tempfile.mkstemp(prefix=f"ago-{self.name}-", suffix=".log")
         self._stderr_path = Path(stderr_path)
         env = {**os.environ, **self.env}
+        # the child imports the same ago_search as this process, installed or not
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         command = [sys.executable, "-m", __name__, str(child_read), str(child_write)]
         command += list(self.preload)
         try:

@@ -23,7 +23,8 @@ of the groups (`rank`: group -> position in that order).
   so the only possible cycle is P -> Q and Q -> P along edges inside g. Cost: O(edges of g).
 - Moving node n to group h is splitting {n} off its group, then merging it into h.
 
-A legal move then copies the node -> group tuple and the per-group dicts: O(N + G), with the
+The searches themselves (`escape_path`, Kahn's `topological_groups`) live in `quotient`, which
+plans use too, so there is one acyclicity check. A legal move then copies the node -> group tuple and the per-group dicts: O(N + G), with the
 unchanged frozensets shared between the old and the new Partition.
 
 Group ids are ints. `singletons` numbers groups by node position; `merge(a, b)` keeps
@@ -34,9 +35,8 @@ every id. Equality and `fingerprint()` ignore the numbering: they compare the se
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -45,6 +45,8 @@ import networkx as nx
 
 from ago_search.graph.opgraph import OpGraph
 from ago_search.partition.index import GraphIndex, Node, graph_index, shared_index
+from ago_search.partition.quotient import escape_path, quotient_sets, reach, topological_groups
+from ago_search.partition.stats import GroupStats, node_set_stats
 
 JSON_KIND = "ago-search.partition"
 JSON_VERSION = 1
@@ -58,40 +60,6 @@ class Illegal:
 
     def __bool__(self) -> bool:
         return False
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    """Sizes of one group (or a union of groups) of a partition.
-
-    `input_bytes`: tensors made outside and read inside (each producer once, its largest edge
-    into the group; model inputs by name). `output_bytes`: tensors made inside and read outside
-    or returned by the model. `internal_bytes`: outputs that stay inside; `materialized_bytes`
-    the part of them made by ops that are not inlined (many-to-many and one-to-many ops; the
-    outputs of one-to-one, reorganize and shuffle ops are assumed computed inside their
-    consumers, as TVM's compute_inline does).
-    """
-
-    nodes: int
-    flops: int
-    bytes: int  # sum of the members' own bytes read + written
-    complex_ops: int
-    param_bytes: int
-    input_bytes: int
-    output_bytes: int
-    internal_bytes: int
-    materialized_bytes: int
-
-    @property
-    def external_bytes(self) -> int:
-        """Bytes that cross the group's border: what fusing saves when it shrinks."""
-        return self.input_bytes + self.output_bytes
-
-    @property
-    def working_set_bytes(self) -> int:
-        """Footprint if the group ran without tiling: weights + external tensors + the
-        intermediates that must exist as buffers. An upper bound of what tiled code keeps hot."""
-        return self.param_bytes + self.input_bytes + self.output_bytes + self.materialized_bytes
 
 
 class Partition:
@@ -247,30 +215,9 @@ class Partition:
         return path is None
 
     def _cycle_path(self, group_set: set[int]) -> tuple[list[int] | None, set[int]]:
-        """A quotient path that leaves `group_set` and re-enters it (first and last element in
-        the set), or None; and the groups outside the set that the set reaches below its
-        highest rank (all of them when there is no such path)."""
-        rank, succ = self._rank, self._succ
-        top = max(rank[g] for g in group_set)
-        parent: dict[int, int] = {}
-        stack: list[int] = []
-        for s in sorted(group_set, key=rank.__getitem__):
-            for x in succ[s]:
-                if x not in group_set and rank[x] < top and x not in parent:
-                    parent[x] = s
-                    stack.append(x)
-        while stack:
-            x = stack.pop()
-            for y in succ[x]:
-                if y in group_set:
-                    path = [y, x]
-                    while path[-1] not in group_set:
-                        path.append(parent[path[-1]])
-                    return path[::-1], set(parent)
-                if rank[y] < top and y not in parent:
-                    parent[y] = x
-                    stack.append(y)
-        return None, set(parent)
+        """A quotient path that leaves `group_set` and re-enters it, or None; and the groups
+        outside the set that it reaches below its highest rank (`escape_path`)."""
+        return escape_path(group_set, self._succ, self._rank)
 
     def groups_between(self, a: int, b: int) -> frozenset[int]:
         """Groups on some quotient path from a to b, a and b included (empty when b is not
@@ -281,10 +228,10 @@ class Partition:
         if rank[a] > rank[b]:
             return frozenset()
         lo, hi = rank[a], rank[b]
-        down = _reach(a, succ, lambda g: rank[g] <= hi)
+        down = reach(a, succ, lambda g: rank[g] <= hi)
         if b not in down:
             return frozenset()
-        up = _reach(b, pred, lambda g: rank[g] >= lo)
+        up = reach(b, pred, lambda g: rank[g] >= lo)
         return frozenset(down & up)
 
     # -- moves ---------------------------------------------------------------------------------
@@ -603,100 +550,17 @@ def from_assignment(
 
 
 def _from_assign(index: GraphIndex, assign: tuple[int, ...]) -> Partition:
-    members_sets: dict[int, set[int]] = {}
-    for i, g in enumerate(assign):
-        members_sets.setdefault(g, set()).add(i)
-    succ_sets: dict[int, set[int]] = {g: set() for g in members_sets}
-    pred_sets: dict[int, set[int]] = {g: set() for g in members_sets}
-    for u, vs in enumerate(index.succ):
-        gu = assign[u]
-        for v in vs:
-            gv = assign[v]
-            if gu != gv:
-                succ_sets[gu].add(gv)
-                pred_sets[gv].add(gu)
-
-    # Kahn's algorithm, ties broken by each group's first node: a deterministic order
-    first = {g: min(m) for g, m in members_sets.items()}
-    indegree = {g: len(p) for g, p in pred_sets.items()}
-    ready = [(first[g], g) for g, d in indegree.items() if d == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        _, g = heapq.heappop(ready)
-        order.append(g)
-        for x in succ_sets[g]:
-            indegree[x] -= 1
-            if indegree[x] == 0:
-                heapq.heappush(ready, (first[x], x))
-    if len(order) != len(members_sets):
-        left = {g for g, d in indegree.items() if d > 0}
-        q = nx.DiGraph((g, x) for g in left for x in succ_sets[g] if x in left)
-        cycle = [u for u, _ in nx.find_cycle(q)]
+    members, succ, pred = quotient_sets(index, assign)
+    order, cycle = topological_groups({g: min(m) for g, m in members.items()}, succ, pred)
+    if cycle is not None:
         chain = " -> ".join(f"g{g}" for g in [*cycle, cycle[0]])
         raise ValueError(f"the groups form a cycle in the quotient graph: {chain}")
     return Partition._make(
         index,
         assign,
-        {g: frozenset(m) for g, m in members_sets.items()},
-        {g: frozenset(s) for g, s in succ_sets.items()},
-        {g: frozenset(s) for g, s in pred_sets.items()},
+        {g: frozenset(m) for g, m in members.items()},
+        {g: frozenset(s) for g, s in succ.items()},
+        {g: frozenset(s) for g, s in pred.items()},
         tuple(order),
         {g: i for i, g in enumerate(order)},
-    )
-
-
-def _reach(
-    start: int, adjacent: Mapping[int, frozenset[int]], keep: Callable[[int], bool]
-) -> set[int]:
-    """Groups reachable from `start` along `adjacent`, visiting only groups where keep(g)."""
-    seen = {start}
-    stack = [start]
-    while stack:
-        for y in adjacent[stack.pop()]:
-            if y not in seen and keep(y):
-                seen.add(y)
-                stack.append(y)
-    return seen
-
-
-def node_set_stats(index: GraphIndex, members: Collection[int]) -> GroupStats:
-    """`GroupStats` of the node positions `members` (see GroupStats for the conventions)."""
-    member_set = members if isinstance(members, frozenset | set) else frozenset(members)
-    succ, pred, edge_bytes = index.succ, index.pred, index.edge_bytes
-    flops = node_bytes = complex_ops = param_bytes = 0
-    output_bytes = internal_bytes = materialized_bytes = 0
-    producers: dict[int, int] = {}
-    model_inputs: dict[str, int] = {}
-    for u in member_set:
-        flops += index.flops[u]
-        node_bytes += index.node_bytes[u]
-        complex_ops += index.complex[u]
-        param_bytes += index.param_bytes[u]
-        for p in pred[u]:
-            if p not in member_set:
-                b = edge_bytes[(p, u)]
-                if b > producers.get(p, -1):
-                    producers[p] = b
-        for name, b in index.model_inputs[u]:
-            model_inputs[name] = b
-        leaving = [edge_bytes[(u, v)] for v in succ[u] if v not in member_set]
-        if index.is_output[u]:
-            output_bytes += index.out_bytes[u]
-        elif leaving:
-            output_bytes += max(leaving)
-        else:
-            internal_bytes += index.out_bytes[u]
-            if not index.inlined[u]:
-                materialized_bytes += index.out_bytes[u]
-    return GroupStats(
-        nodes=len(member_set),
-        flops=flops,
-        bytes=node_bytes,
-        complex_ops=complex_ops,
-        param_bytes=param_bytes,
-        input_bytes=sum(producers.values()) + sum(model_inputs.values()),
-        output_bytes=output_bytes,
-        internal_bytes=internal_bytes,
-        materialized_bytes=materialized_bytes,
     )

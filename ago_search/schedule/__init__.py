@@ -3,8 +3,11 @@
 - `extract_tasks(fused_mod, target, plan, graph)`: one `Task` per distinct PrimFunc called from
   the fused module, keyed by MetaSchedule's workload hash and the target; repeated blocks of a
   model share one task (its `weight` counts the calls).
-- `tune_tasks(tasks, device, database, TuningConfig(...))`: MetaSchedule's evolutionary search
-  with our builders, runners and database, resumable without re-measuring (`tune`).
+- `tune_tasks(tasks, device, database, TuningConfig(...), cost_model=...)`: MetaSchedule's
+  evolutionary search with our builders, runners and database, guided by the cost model it is
+  handed (`tune`); how to tune (`config`), the search minus what the database has measured,
+  so a run resumes without re-measuring (`strategy.SkipMeasured`), and what a run leaves
+  (`results`: `TaskResult`, `TuningReport`, `task_results`).
 - `FirstPassScheduler`: every task one cheap round first, then rounds by expected gain
   (`scheduler`).
 - `ReferenceCheck`: every measured candidate compared with the untuned task's outputs
@@ -20,17 +23,16 @@ from ago_search.schedule.tasks import (
     Task,
     count_complex_blocks,
     extract_tasks,
-    target_string,
-    task_key,
     workload_module,
 )
 
 _LAZY = {
-    "SkipMeasured": "tune",
-    "TaskResult": "tune",
-    "TuningConfig": "tune",
-    "TuningReport": "tune",
-    "task_results": "tune",
+    "SOURCE_UNTUNED": "results",
+    "SkipMeasured": "strategy",
+    "TaskResult": "results",
+    "TuningConfig": "config",
+    "TuningReport": "results",
+    "task_results": "results",
     "tune_task": "tune",
     "tune_tasks": "tune",
     "FirstPassScheduler": "scheduler",
@@ -46,8 +48,6 @@ __all__ = [
     "Task",
     "count_complex_blocks",
     "extract_tasks",
-    "target_string",
-    "task_key",
     "workload_module",
     *_LAZY,
 ]

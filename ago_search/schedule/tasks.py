@@ -17,7 +17,6 @@ a hash table), and every Relax function is read with `main` first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ import tvm
 import tvm_ffi
 from tvm import relax, s_tir, tirx
 
+from ago_search.database.keys import target_string, task_key
 from ago_search.graph.opgraph import OpGraph
 from ago_search.plan import Plan, group_function_names
 
@@ -35,8 +35,6 @@ __all__ = [
     "Task",
     "count_complex_blocks",
     "extract_tasks",
-    "target_string",
-    "task_key",
     "workload_module",
 ]
 
@@ -84,18 +82,6 @@ class Task:
         from tvm.s_tir.meta_schedule import ExtractedTask
 
         return ExtractedTask(self.name, self.mod, self.target_object(), [self.mod], self.weight)
-
-
-def target_string(target: tvm.target.Target) -> str:
-    """The target as canonical JSON (sorted keys), the same string for equal targets."""
-    return json.dumps(json.loads(str(target)), sort_keys=True, separators=(",", ":"))
-
-
-def task_key(workload: int, target: tvm.target.Target | str) -> str:
-    """f"{workload:016x}@{first 12 hex digits of sha256(target_string)}"."""
-    text = target if isinstance(target, str) else target_string(target)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return f"{workload:016x}@{digest}"
 
 
 def workload_module(func: tirx.PrimFunc) -> tvm.IRModule:

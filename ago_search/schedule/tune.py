@@ -1,33 +1,27 @@
 """Tuning tasks with MetaSchedule's evolutionary search, our builders, runners and database.
 
-`tune_tasks(tasks, device, database, config)` tunes a plan's tasks (or one) on a device and
-returns a `TuningReport`. It is MetaSchedule's own loop, `ms.tune.tune_tasks`, given:
+`tune_tasks(tasks, device, database, config, cost_model=...)` tunes a plan's tasks (or one)
+on a device and returns a `TuningReport` (`results`). It is MetaSchedule's own loop,
+`ms.tune.tune_tasks`, given:
 
 - one `ms.TuneContext` per task (post-order-apply design space, `EvolutionarySearch` with a
   population of 128: 0.7 s a trial on 2 cores instead of 2.6 s with the default 512),
-  wrapped in `SkipMeasured` (below);
+  wrapped in `strategy.SkipMeasured` (no schedule the database holds is measured again);
 - our `LocalBuilder` and `SubprocessRunner` / `RPCRunner` (subprocesses with time-outs), the
   runner checking every candidate's outputs against the untuned task (`verify.ReferenceCheck`);
 - the tuning database as its `Database` (`SqliteDatabase`, one device), with
   `CommitMeasurements` as the first measure callback so every candidate, failures and wrong
-  results included, is a record with its reason, committed before the next one is measured;
+  results included, is a record with its status (the builder's or runner's word) and error
+  message, committed before the next one is measured;
+- the cost model it is handed, trained first on the database's best records (warm start);
 - a task scheduler: ours (`scheduler.FirstPassScheduler`, every task one cheap round first)
   or MetaSchedule's own ("gradient", "round-robin"), for comparison.
 
 Budget. `TuningConfig.trials` is the number of search trials the tasks should have on the
 device in all, the database's included: a run that was killed, started again with the same
-arguments, measures only what is missing, and a finished one measures nothing.
-
-Resume without re-measuring. MetaSchedule's `EvolutionarySearch` does read the database: its
-initial population includes the best records of the workload (init_measured_ratio), but the
-set of schedules it will not measure again starts empty in every run (`measured_workloads_`
-in evolutionary_search.cc, with a TODO to fill it from the database), so after a restart it
-happily re-measures the best records it just took from the database. `SkipMeasured` wraps
-the search: every candidate whose trace hash the database holds for (task, device), any
-outcome, is dropped before it is built; the search is asked again (up to
-`max_empty_rounds` times) when a whole round was known, and the task ends when it only
-proposes known schedules. Each task's untuned kernel is measured once too (the empty trace,
-source "untuned"): the per-task baseline, and the best record where no schedule beats it.
+arguments, measures only what is missing, and a finished one measures nothing. Each task's
+untuned kernel is measured once too (the empty trace, source `results.SOURCE_UNTUNED`): the
+per-task baseline, and the best record where no schedule beats it.
 """
 
 from __future__ import annotations
@@ -36,329 +30,42 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tvm
-from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
 from ago_search.database import Record, Status, TuningDatabase, canonical_target, trace_hash
+from ago_search.database.metaschedule import SqliteDatabase
 from ago_search.errors import AgoSearchError
-from ago_search.measure.protocol import MeasureProtocol
+from ago_search.schedule.config import METASCHEDULE_ROUND, TuningConfig
+from ago_search.schedule.results import (
+    SOURCE_UNTUNED,
+    TaskResult,
+    TuningReport,
+    search_records,
+    task_results,
+)
 from ago_search.schedule.scheduler import FirstPassScheduler, TaskPrior, first_pass_round
+from ago_search.schedule.strategy import SkipMeasured, TrialBudget, make_search_strategy
 from ago_search.schedule.tasks import Task
 from ago_search.schedule.verify import ReferenceCheck
 
 if TYPE_CHECKING:
     from ago_search.devices import DeviceProfile
 
-__all__ = [
-    "SCHEDULERS",
-    "SOURCE_UNTUNED",
-    "SkipMeasured",
-    "TaskResult",
-    "TrialBudget",
-    "TuningConfig",
-    "TuningReport",
-    "make_cost_model",
-    "task_results",
-    "tune_task",
-    "tune_tasks",
-    "untuned_trace",
-]
+__all__ = ["tune_task", "tune_tasks", "untuned_trace"]
 
 log = logging.getLogger(__name__)
 
 # MetaSchedule's per-round messages (whole modules in TVMScript) go here, below our own.
 _MS_LOG = logging.getLogger("ago_search.metaschedule")
 
-SCHEDULERS = ("first-pass", "gradient", "round-robin")
-SEARCHES = ("evolutionary", "replay")
-SOURCE_UNTUNED = "untuned"
-# MetaSchedule's default round size (`num_trials_per_iter` of tune_tasks / tune_relax), used
-# with its own schedulers so that they are compared as a user gets them.
-METASCHEDULE_ROUND = 64
-
-
-@dataclass(frozen=True)
-class TuningConfig:
-    """How to tune.
-
-    trials: search trials the tasks should have on the device in all, the database's
-        included (see the module docstring).
-    scheduler: "first-pass" (ours), "gradient" or "round-robin" (MetaSchedule's).
-    trials_per_round: candidates measured per round; None: for "first-pass", one round per
-        untried task in `first_pass_fraction` of the remaining budget, at most
-        `max_round_trials`; for MetaSchedule's schedulers its default, 64.
-    cost_model: "xgb" (MetaSchedule's XGBoost model, its training step fixed: schedule/xgb.py),
-        "xgb-ms" (as MetaSchedule ships it), "gnn", "random", or a MetaSchedule CostModel.
-    population_size: of the evolutionary search (TVM_NOTES.md: 128 on 2 cores).
-    search: "evolutionary" (MetaSchedule's EvolutionarySearch, ranked by the cost model) or
-        "replay" (ReplayTrace: plain random samples of the design space, no cost model; what
-        trace collection wants for unbiased samples, at a fraction of the search's CPU).
-    verify: check every candidate's outputs against the untuned task (wrong -> wrong_result).
-    measure_untuned: measure each task's untuned kernel once (the empty trace).
-    seed: the search's random seed (None: random).
-    warm_start_records: per task, best records of the database the cost model is trained on
-        before the search (a resumed run's model starts from what was measured).
-    """
-
-    trials: int
-    scheduler: str = "first-pass"
-    trials_per_round: int | None = None
-    first_pass_fraction: float = 0.5
-    max_round_trials: int = 16
-    cost_model: Any = "xgb"
-    population_size: int = 128
-    search: str = "evolutionary"
-    verify: bool = True
-    measure_untuned: bool = True
-    seed: int | None = None
-    protocol: MeasureProtocol | None = None  # None: measure.TUNING_PROTOCOL
-    build_timeout_s: float | None = None  # None: the builder's default
-    run_timeout_s: float | None = None  # None: the runner's default
-    max_empty_rounds: int = 3
-    warm_start_records: int = 64
-
-    def __post_init__(self) -> None:
-        if self.trials < 0:
-            raise AgoSearchError(f"the number of trials must be >= 0, got {self.trials}")
-        if self.scheduler not in SCHEDULERS:
-            raise AgoSearchError(
-                f"unknown task scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"
-            )
-        if self.trials_per_round is not None and self.trials_per_round < 1:
-            raise AgoSearchError(f"trials per round must be >= 1, got {self.trials_per_round}")
-        if self.search not in SEARCHES:
-            raise AgoSearchError(
-                f"unknown search {self.search!r}: choose one of {', '.join(SEARCHES)}"
-            )
-        if not 0 < self.first_pass_fraction <= 1:
-            raise AgoSearchError("first_pass_fraction must be in (0, 1]")
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """One task after tuning, from the database (all runs) and this run's checks.
-
-    trials: search trials on the device (any outcome; the untuned measurement excluded);
-    new_trials: of them, measured by this run. best_seconds: the fastest ok record (which may
-    be the untuned kernel), untuned_seconds: the untuned kernel's. statuses: search trials
-    per status. wrong_max_abs_err: the largest error among this run's wrong results.
-    """
-
-    key: str
-    name: str
-    weight: int
-    flops: float
-    trials: int
-    new_trials: int
-    best_seconds: float | None
-    untuned_seconds: float | None
-    best_source: str | None
-    statuses: dict[str, int] = field(default_factory=dict)
-    wrong_max_abs_err: float | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "key": self.key,
-            "name": self.name,
-            "weight": self.weight,
-            "flops": self.flops,
-            "trials": self.trials,
-            "new_trials": self.new_trials,
-            "best_seconds": self.best_seconds,
-            "untuned_seconds": self.untuned_seconds,
-            "best_source": self.best_source,
-            "statuses": dict(self.statuses),
-            "wrong_max_abs_err": self.wrong_max_abs_err,
-        }
-
-
-@dataclass(frozen=True)
-class TuningReport:
-    """A tuning run: what it was asked, what it measured, and every task afterwards."""
-
-    device_key: str
-    database: str
-    scheduler: str
-    cost_model: str
-    trials_per_round: int
-    budget: int
-    trials_before: int
-    trials_run: int
-    wall_s: float
-    tasks: tuple[TaskResult, ...]
-
-    @property
-    def tuned_tasks(self) -> int:
-        """Tasks with at least one search trial."""
-        return sum(1 for t in self.tasks if t.trials > 0)
-
-    @property
-    def kernel_seconds(self) -> float | None:
-        """Sum of weight x best latency over the tasks: the kernels' share of the model's
-        latency (None if a task has no working schedule at all)."""
-        if any(t.best_seconds is None for t in self.tasks):
-            return None
-        return sum(t.weight * (t.best_seconds or 0.0) for t in self.tasks)
-
-    @property
-    def untuned_kernel_seconds(self) -> float | None:
-        if any(t.untuned_seconds is None for t in self.tasks):
-            return None
-        return sum(t.weight * (t.untuned_seconds or 0.0) for t in self.tasks)
-
-    def to_json(self) -> dict:
-        return {
-            "device_key": self.device_key,
-            "database": self.database,
-            "scheduler": self.scheduler,
-            "cost_model": self.cost_model,
-            "trials_per_round": self.trials_per_round,
-            "budget": self.budget,
-            "trials_before": self.trials_before,
-            "trials_run": self.trials_run,
-            "wall_s": self.wall_s,
-            "tuned_tasks": self.tuned_tasks,
-            "kernel_seconds": self.kernel_seconds,
-            "untuned_kernel_seconds": self.untuned_kernel_seconds,
-            "tasks": [t.to_json() for t in self.tasks],
-        }
-
-
-# ---------------------------------------------------------------------------------------------
-# the search, minus what the database has measured
-
-
-@dataclass
-class TrialBudget:
-    """Trials left to the whole run, shared by the tasks' searches: MetaSchedule's loop stops
-    starting rounds at its budget but lets the last round run over it (a round of 64 started
-    at 129 of 130 measures 64); the searches cut that round to what is left."""
-
-    remaining: int
-
-
-@derived_object
-class SkipMeasured(PySearchStrategy):
-    """A search strategy that never proposes a schedule the database measured for the task.
-
-    inner: the search (EvolutionarySearch). on_round: called with the task key before each
-    round goes out (the output check learns which task it is checking). budget: trials left
-    to the run, shared by all tasks' searches (None: no limit here). Candidates of this run
-    are remembered too, so a search that proposes one twice does not measure it twice.
-    """
-
-    def __init__(
-        self,
-        inner: ms.search_strategy.SearchStrategy,
-        store: TuningDatabase,
-        device_key: str,
-        task_key: str,
-        on_round: Callable[[str], None] | None = None,
-        max_empty_rounds: int = 3,
-        budget: TrialBudget | None = None,
-    ) -> None:
-        super().__init__()
-        self.inner = inner
-        self.store = store
-        self.device_key = device_key
-        self.task_key = task_key
-        self.on_round = on_round
-        self.max_empty_rounds = max_empty_rounds
-        self.budget = budget
-        self.known: set[str] = set()
-        self.skipped = 0
-        self._empty_rounds = 0
-
-    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
-        self.inner._initialize_with_tune_context(context)
-
-    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
-        self.known = set(self.store.measured(self.task_key, self.device_key))
-        self._empty_rounds = 0
-        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
-
-    def post_tuning(self) -> None:
-        self.inner.post_tuning()
-
-    def generate_measure_candidates(self) -> list[Any] | None:
-        while True:
-            if self.budget is not None and self.budget.remaining <= 0:
-                return None
-            candidates = self.inner.generate_measure_candidates()
-            if candidates is None:
-                return None
-            fresh = []
-            for candidate in candidates:
-                digest = trace_hash(candidate.sch.trace)
-                if digest in self.known:
-                    self.skipped += 1
-                    continue
-                self.known.add(digest)
-                fresh.append(candidate)
-            if fresh:
-                if self.budget is not None:
-                    fresh = fresh[: self.budget.remaining]
-                    self.budget.remaining -= len(fresh)
-                self._empty_rounds = 0
-                if self.on_round is not None:
-                    self.on_round(self.task_key)
-                return fresh
-            self._empty_rounds += 1
-            log.debug("task %s: a round of known schedules only", self.task_key)
-            if self._empty_rounds >= self.max_empty_rounds:
-                log.info("task %s: the search proposes only measured schedules", self.task_key)
-                return None
-
-    def notify_runner_results(self, measure_candidates, results) -> None:
-        self.inner.notify_runner_results(measure_candidates, results)
-
-    def clone(self) -> SkipMeasured:
-        return SkipMeasured(
-            self.inner.clone(),
-            self.store,
-            self.device_key,
-            self.task_key,
-            self.on_round,
-            self.max_empty_rounds,
-            self.budget,
-        )
-
 
 # ---------------------------------------------------------------------------------------------
 # pieces
-
-
-def make_cost_model(cost_model: Any, seed: int | None = None) -> tuple[Any, str]:
-    """A MetaSchedule cost model and its name: "xgb" (MetaSchedule's XGBModel with its
-    training step fixed for many-store candidates, ago_search/schedule/xgb.py), "xgb-ms" (it as
-    MetaSchedule ships it), "random", "gnn" (the shipped pretrained
-    GNN of cost_model/), or a CostModel as it is."""
-    if isinstance(cost_model, ms.cost_model.CostModel):
-        return cost_model, type(cost_model).__name__
-    from ago_search.devices import host_num_cores
-
-    if cost_model == "gnn":
-        # The learned model is a plug-in above this layer: imported only when asked for.
-        from cost_model.ms_adapter import make_cost_model as make_learned
-
-        return make_learned("gnn"), "gnn"
-    if cost_model in ("xgb", "xgb-ms"):
-        from ago_search.schedule.xgb import xgb_model_class
-
-        return xgb_model_class(cost_model)(num_tuning_cores=host_num_cores()), cost_model
-    if cost_model == "random":
-        return ms.cost_model.RandomModel(seed=seed), "random"
-    raise AgoSearchError(
-        f"unknown cost model {cost_model!r}: choose gnn, xgb, xgb-ms or random (or pass a MetaSchedule "
-        "CostModel)"
-    )
 
 
 def untuned_trace(task: Task) -> Any:
@@ -369,8 +76,8 @@ def untuned_trace(task: Task) -> Any:
 def _make_builder_runner(
     device: DeviceProfile, config: TuningConfig, check: ReferenceCheck | None, artifacts: Path
 ) -> tuple[Any, Any]:
+    from ago_search.measure import TUNING_PROTOCOL, RPCRunner, SubprocessRunner
     from ago_search.measure.builders import LocalBuilder
-    from ago_search.measure.runners import TUNING_PROTOCOL, RPCRunner, SubprocessRunner
 
     build_kwargs: dict[str, Any] = {"artifact_dir": artifacts}
     if config.build_timeout_s is not None:
@@ -394,7 +101,10 @@ def _measure_untuned(
     runner: Any,
     check: ReferenceCheck | None,
 ) -> int:
-    """Measure the untuned kernel of every task that lacks it; how many were measured."""
+    """Measure the untuned kernel of every task that lacks it; how many were measured.
+
+    builder, runner: ours (`ago_search.measure`): the builder says why a build failed
+    (`status_of`), the runner's `measure_input` gives a `Measurement` with its status."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
@@ -413,19 +123,19 @@ def _measure_untuned(
     for task, built in zip(missing, built_all, strict=True):
         outcome: dict[str, Any]
         if built.error_msg:
-            outcome = {"status": Status.BUILD_ERROR, "error": built.error_msg}
+            status = builder.status_of(built) or Status.BUILD_ERROR
+            outcome = {"status": status, "error": built.error_msg}
         else:
             if check is not None:
                 check.select(task.key)
             args = ArgInfo.from_entry_func(task.mod, remove_preproc=True)
             kind = task.target_object().kind.name
-            (future,) = runner.run([RunnerInput(built.artifact_path, kind, args)])
-            ran = future.result()
+            ran = runner.measure_input(RunnerInput(built.artifact_path, kind, args))
             shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
-            if ran.error_msg:
-                outcome = {"status": _failure_status(ran.error_msg), "error": ran.error_msg}
+            if ran.ok:
+                outcome = {"latencies": tuple(ran.run_secs or ())}
             else:
-                outcome = {"latencies": tuple(float(s) for s in ran.run_secs)}
+                outcome = {"status": ran.status, "error": ran.error}
         store.commit_record(
             Record(
                 task_key=task.key,
@@ -440,69 +150,12 @@ def _measure_untuned(
     return len(missing)
 
 
-def _failure_status(error: str) -> Status:
-    if error.startswith("wrong result:"):  # the runners' prefix for an output hook's complaint
-        return Status.WRONG_RESULT
-    return Status.TIMEOUT if "timeout" in error.lower() else Status.RUN_ERROR
-
-
-def _search_records(store: TuningDatabase, task_key: str, device_key: str) -> list[Record]:
-    return [
-        r for r in store.records(task_key, device_key) if r.extra.get("source") != SOURCE_UNTUNED
-    ]
-
-
 def _prior(store: TuningDatabase, task: Task, device_key: str) -> TaskPrior:
     best = store.best(task.key, device_key)
     return TaskPrior(
-        trials=len(_search_records(store, task.key, device_key)),
+        trials=len(search_records(store, task.key, device_key)),
         best_seconds=best[0].median if best else None,
     )
-
-
-def task_results(
-    store: TuningDatabase,
-    tasks: Sequence[Task],
-    device_key: str,
-    before: Sequence[int] | None = None,
-    check: ReferenceCheck | None = None,
-) -> tuple[TaskResult, ...]:
-    """Every task's state in the database (see `TaskResult`); `before`: trials per task
-    before this run, `check`: this run's output checks."""
-    worst: dict[str, float] = {}
-    if check is not None:
-        for outcome in check.outcomes:
-            if not outcome.ok and outcome.worst is not None:
-                error = outcome.worst.max_abs_err
-                worst[outcome.task_key] = max(worst.get(outcome.task_key, 0.0), error)
-    results = []
-    for index, task in enumerate(tasks):
-        search = _search_records(store, task.key, device_key)
-        statuses: dict[str, int] = {}
-        for record in search:
-            statuses[str(record.status)] = statuses.get(str(record.status), 0) + 1
-        best = store.best(task.key, device_key)
-        untuned = [
-            r
-            for r in store.records(task.key, device_key, status=Status.OK)
-            if r.extra.get("source") == SOURCE_UNTUNED
-        ]
-        results.append(
-            TaskResult(
-                key=task.key,
-                name=task.name,
-                weight=task.weight,
-                flops=task.flops,
-                trials=len(search),
-                new_trials=len(search) - (before[index] if before is not None else 0),
-                best_seconds=best[0].median if best else None,
-                untuned_seconds=untuned[0].median if untuned else None,
-                best_source=best[0].extra.get("source") if best else None,
-                statuses=statuses,
-                wrong_max_abs_err=worst.get(task.key),
-            )
-        )
-    return tuple(results)
 
 
 def _check_targets(tasks: Sequence[Task], device: DeviceProfile) -> None:
@@ -532,10 +185,17 @@ def tune_tasks(
     database: TuningDatabase | str | Path,
     config: TuningConfig,
     *,
+    cost_model: Any,
     measure_callbacks: Sequence[Any] = (),
     work_dir: str | Path | None = None,
+    deadline: float | None = None,
 ) -> TuningReport:
-    """Tune `tasks` on `device` into `database` until they have `config.trials` trials.
+    """Tune `tasks` on `device` into `database` until they have `config.trials` trials, or
+    until `deadline` (a `time.monotonic()` value) when one is given: no round starts after it.
+
+    cost_model: the MetaSchedule CostModel that ranks candidates (`cost_model.make_cost_model`
+    makes one from a `--cost-model` name; tuning never picks one itself). It is trained on the
+    database's best records first (`config.warm_start_records`) and on every measurement.
 
     measure_callbacks: MetaSchedule measure callbacks run after ours (each candidate is in
     the database by then). work_dir: where candidates' libraries go (default: a temporary
@@ -566,7 +226,7 @@ def tune_tasks(
     scratch = Path(tempfile.mkdtemp(prefix="ago-tune-", dir=work_dir))
     builder, runner = _make_builder_runner(device, config, check, scratch / "artifacts")
     round_trials = config.trials_per_round or 0
-    cost_model_name = str(config.cost_model) if isinstance(config.cost_model, str) else ""
+    cost_model_name = getattr(cost_model, "label", None) or type(cost_model).__name__
     priors: list[TaskPrior] = []
     try:
         if config.measure_untuned:
@@ -583,7 +243,6 @@ def tune_tasks(
             else:
                 round_trials = METASCHEDULE_ROUND
         if remaining > 0:
-            cost_model, cost_model_name = make_cost_model(config.cost_model, config.seed)
             log.info(
                 "tuning %d tasks on %s: %d trials to go (%d in the database), rounds of %d",
                 len(tasks),
@@ -607,6 +266,7 @@ def tune_tasks(
                 measure_callbacks,
                 scratch,
                 host_num_cores(),
+                deadline,
             )
     finally:
         builder.close()
@@ -645,15 +305,16 @@ def _run_metaschedule(
     measure_callbacks: Sequence[Any],
     scratch: Path,
     num_threads: int,
+    deadline: float | None = None,
 ) -> None:
     on_round = check.select if check is not None else None
-    budget = TrialBudget(remaining)
+    budget = TrialBudget(remaining, deadline)
     tasks, priors = _schedulable(tasks, priors, config, num_threads)
     if not tasks:
         return
     searches = [
         SkipMeasured(
-            _search_strategy(config),
+            make_search_strategy(config),
             store,
             device_key,
             task.key,
@@ -684,9 +345,10 @@ def _run_metaschedule(
         scheduler = ms.task_scheduler.GradientBased(seed=config.seed if config.seed else -1)
     else:
         scheduler = ms.task_scheduler.RoundRobin()
-    db = store.metaschedule(device_key, tasks[0].target)
+    db = SqliteDatabase(store, device_key, tasks[0].target)
     callbacks = [
-        db.measure_callback(),  # first: the record with its reason before anything else
+        # first: the record with its status, the builder's or runner's word, before the rest
+        db.measure_callback(builder, runner),
         ms.measure_callback.RemoveBuildArtifact(),
         ms.measure_callback.UpdateCostModel(),
         *measure_callbacks,
@@ -708,12 +370,6 @@ def _run_metaschedule(
     skipped = sum(search.skipped for search in searches)
     if skipped:
         log.info("skipped %d candidates measured before", skipped)
-
-
-def _search_strategy(config: TuningConfig) -> Any:
-    if config.search == "replay":
-        return ms.search_strategy.ReplayTrace()
-    return ms.search_strategy.EvolutionarySearch(population_size=config.population_size)
 
 
 def _schedulable(
@@ -768,7 +424,7 @@ def _warm_start(
     """
     if isinstance(cost_model, ms.cost_model.RandomModel):
         return
-    db = store.metaschedule(device_key, tasks[0].target)
+    db = SqliteDatabase(store, device_key, tasks[0].target)
     used = 0
     for context, task in zip(contexts, tasks, strict=True):
         try:

@@ -3,7 +3,7 @@
 TVM's tuner can emit schedules that compute wrong results (TVM_NOTES.md: a two-conv group
 where a `reverse_compute_at` of the second conv's padding into the first conv's tiles gave a
 2 % wrong output, the "best" candidate among them). The runner checks nothing by itself, so
-`ReferenceCheck` is given to it as its `OutputHook` (`ago_search.measure.runners`):
+`ReferenceCheck` is given to it as its `OutputHook` (`ago_search.measure.runner`):
 
 - Fixed inputs per task: one random array per kernel argument, seeded by the task key
   (`fixed_inputs`), so the same task gets the same inputs in every process and every run.
@@ -16,16 +16,17 @@ where a `reverse_compute_at` of the second conv's padding into the first conv's 
   that run are compared with the reference's (`compare_arguments`): per argument the max
   absolute error relative to the largest |reference| value, at most the dtype's tolerance
   (`DTYPE_TOLERANCES`); integers and booleans must match exactly; NaN/Inf must sit where the
-  reference has them (`ago_search.bench.compare_output`, the rule the model check uses).
+  reference has them (`ago_search.measure.compare`, the rule the model check uses).
 
-A complaint makes the runner report "wrong result: ..." as the candidate's error, which the
-database's `CommitMeasurements` stores as status `wrong_result`: never a best, never applied.
+A complaint makes the candidate a failure of status `wrong_result` (the runner's word, beside
+its error text "wrong result: ..."), which the database's `CommitMeasurements` stores as it
+is: never a best, never applied.
 
 Dirty memory. The wrong schedules seen read elements of an intermediate buffer they never
 wrote; on memory that holds zeros (fresh pages) or the previous candidate's values (TVM's
 workspace pool keeps freed buffers) they are right by luck. On the two-conv group, 26 of
 99 wrong candidates passed a plain run. So the local runner makes the checked run in a fresh
-thread with glibc's malloc perturbation on (`measure.runners._run_on_dirty_memory`): every
+thread with glibc's malloc perturbation on (`measure.runner._run_on_dirty_memory`): every
 intermediate buffer starts as garbage. Over RPC the device's memory is not poisoned.
 
 The runner hands the hook only a `RunnerInput` (library path, argument shapes), not the task,
@@ -46,7 +47,7 @@ from typing import Any
 import numpy as np
 import tvm
 
-from ago_search.bench import compare_output
+from ago_search.measure.compare import compare_output
 
 __all__ = [
     "DTYPE_TOLERANCES",

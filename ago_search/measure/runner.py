@@ -1,19 +1,12 @@
-"""Runners: time built candidates on a device, one measurement at a time, in isolation.
+"""Runners: what the local and the RPC runner share (after MetaSchedule's `runner/runner.py`).
 
-Both runners are MetaSchedule `PyRunner`s (RunnerInput -> RunnerFuture of RunnerResult), so
-`ms.tune_tir(..., runner=...)` and our own search use them alike. They time with the
-project's protocol (`protocol.time_evaluator_kwargs`), and run every measurement in an
-`IsolatedWorker` subprocess with a time-out: a kernel that crashes or hangs costs one error
-result, never the tuning process.
-
-- `SubprocessRunner`: a local device (this machine's CPU). The worker has the profile's
-  thread count.
-- `RPCRunner`: a device behind a TVM RPC tracker. The worker is the RPC client; it keeps its
-  session between candidates (2-3 ms of overhead a candidate on 127.0.0.1, against about
-  0.1 s for a fresh session from the tracker, as MetaSchedule's RPCRunner takes) and replaces
-  it before the server's session time-out would end it. Libraries must be linked for the
-  device (`LocalBuilder.for_device`). TVM's own Python RPC server stops serving after a
-  session crashes; `ago_search.measure.rpc_server` does not.
+Both runners (`local_runner.SubprocessRunner`, `rpc_runner.RPCRunner`) are MetaSchedule
+`PyRunner`s (RunnerInput -> RunnerFuture of RunnerResult), so `ms.tune_tir(..., runner=...)`
+and our own search use them alike. They time with the project's protocol
+(`protocol.time_evaluator_kwargs`), and run every measurement in an `IsolatedWorker`
+subprocess with a time-out: a kernel that crashes or hangs costs one error result, never the
+tuning process. `IsolatedRunner` is that common part; this module also holds what runs in
+the worker once a library is loaded (`time_module`).
 
 Each measurement holds the device's leases exclusively (`lease.measurement_leases`): no other
 measurement on the device, and for the host's cores no build either. The runners measure
@@ -22,9 +15,14 @@ tuning process does no search work while its candidates are timed.
 
 Outputs: an `OutputHook` can give fixed inputs for a candidate; the runner then runs it once
 on them first and hands all its arguments afterwards (inputs and outputs, numpy) to the
-hook's `check`, whose complaint turns the result into an error ("wrong result: ..."), so
-MetaSchedule never picks it. `measure()` returns them directly to a caller that compares
+hook's `check`, whose complaint makes the candidate a failure with status `wrong_result`,
+so MetaSchedule never picks it. `measure()` returns them directly to a caller that compares
 later.
+
+Statuses. A `Measurement` says why it failed (`status`: timeout, run_error, wrong_result)
+beside its error text. MetaSchedule's `RunnerResult` has no room for it, so the runner keeps
+the status of each failed result it hands out (`status.ResultStatuses`), and a measure
+callback asks `runner.status_of(result)`.
 """
 
 from __future__ import annotations
@@ -49,28 +47,27 @@ from tvm.s_tir.meta_schedule.runner import (
     RunnerResult,
 )
 
-from ago_search.errors import AgoSearchError
+from ago_search.database.records import Status
 from ago_search.measure.lease import DeviceLease, holding_all, host_cpu_lease, measurement_leases
 from ago_search.measure.protocol import MeasureProtocol, time_evaluator_kwargs
+from ago_search.measure.status import ResultStatuses
+from ago_search.measure.threads import thread_cpu_seconds
 from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError, WorkerTimeout
 
 if TYPE_CHECKING:
-    from ago_search.devices import DeviceProfile, RPCConnection
+    from ago_search.devices import DeviceProfile
 
 __all__ = [
     "CONTENTION_RETRIES",
     "DEFAULT_RUN_TIMEOUT",
     "MIN_CPU_SHARE",
     "TUNING_PROTOCOL",
-    "DeviceUnavailableError",
+    "ArgsInfo",
+    "IsolatedRunner",
     "Measurement",
     "OutputHook",
-    "RPCRunner",
-    "SubprocessRunner",
     "cpu_share",
-    "measure_local",
-    "measure_rpc",
-    "open_rpc_session",
+    "time_module",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,14 +90,12 @@ DEFAULT_RUN_TIMEOUT = 30.0
 ArgsInfo = Sequence[Sequence[Any]]  # ArgInfo.as_json(): ["TENSOR", dtype, shape]
 
 
-class DeviceUnavailableError(AgoSearchError):
-    """The device cannot be reached (no RPC server under its key): not a candidate's error."""
-
-
 @dataclass(frozen=True)
 class Measurement:
     """One candidate's measurement: per-repeat seconds, or why there are none.
 
+    status: OK, or why it failed (timeout, run_error, wrong_result); error: the failure's
+    text for a person to read (None when OK).
     outputs: every argument of the kernel after one run on the fixed inputs (when asked for).
     wall_secs: wall time of the whole call (loading, allocation, timing; a worker's start-up
     excluded), to see the overhead per candidate. started_at/ended_at: the span of the call,
@@ -118,10 +113,15 @@ class Measurement:
     ended_at: float = 0.0
     cpu_share: float | None = None
     attempts: int = 1
+    status: Status = Status.OK
+
+    def __post_init__(self) -> None:
+        if (self.status is Status.OK) != (self.error is None):
+            raise ValueError(f"a measurement with status {self.status} and error {self.error!r}")
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.status is Status.OK
 
     @property
     def median(self) -> float | None:
@@ -237,23 +237,6 @@ def _run_on_dirty_memory(function: Any, args: Sequence[Any], device: Any) -> Non
         raise failure[0]
 
 
-def _thread_cpu_seconds() -> dict[str, float] | None:
-    """CPU seconds each thread of this process has run, from /proc/self/task/*/schedstat
-    (None where the kernel does not give it)."""
-    seconds = {}
-    try:
-        tids = os.listdir("/proc/self/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as stat:
-                seconds[tid] = int(stat.read().split()[0]) / 1e9
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-    return seconds or None
-
-
 def cpu_share(
     before: dict[str, float] | None, after: dict[str, float] | None, wall: float
 ) -> float | None:
@@ -267,7 +250,7 @@ def cpu_share(
     return min(busy / wall, 1.0)
 
 
-def _time_module(
+def time_module(
     rt_mod: Any,
     device: Any,
     random_fill: Any,
@@ -278,6 +261,12 @@ def _time_module(
     dirty_memory: bool = False,
     local: bool = False,
 ) -> dict[str, Any]:
+    """Time the entry function of a loaded library on `device` (runs in a worker).
+
+    Returns the per-repeat seconds, the arguments after one run on `inputs` when
+    `return_outputs` (that run on dirty memory when `dirty_memory`: `_run_on_dirty_memory`),
+    and, when `local` (the device is this machine's CPU), the timing's `cpu_share`.
+    """
     proto = MeasureProtocol.from_json(protocol)
     args = _allocate(args_info, device, random_fill, inputs)
     function = rt_mod[rt_mod.entry_name]
@@ -295,112 +284,15 @@ def _time_module(
     evaluator = rt_mod.time_evaluator(rt_mod.entry_name, device, **time_evaluator_kwargs(proto))
     device.sync()
     # on this machine's CPU, how much of the timing the process had its core(s) for
-    before = _thread_cpu_seconds() if local else None
+    before = thread_cpu_seconds() if local else None
     started = time.perf_counter()
     result = evaluator(*args)
     wall = time.perf_counter() - started
-    share = cpu_share(before, _thread_cpu_seconds(), wall) if local else None
+    share = cpu_share(before, thread_cpu_seconds(), wall) if local else None
     return {"run_secs": [float(s) for s in result.results], "outputs": outputs, "cpu_share": share}
 
 
-def measure_local(
-    artifact_path: str,
-    device_type: str,
-    args_info: ArgsInfo,
-    protocol: dict,
-    inputs: Sequence[np.ndarray | None] | None = None,
-    return_outputs: bool = False,
-) -> dict[str, Any]:
-    """Load a library here and time its entry function (runs in the worker subprocess)."""
-    import tvm
-
-    rt_mod = tvm.runtime.load_module(artifact_path)
-    device = tvm.runtime.device(device_type, 0)
-    random_fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
-    return _time_module(
-        rt_mod, device, random_fill, args_info, protocol, inputs, return_outputs, True, True
-    )
-
-
-# The RPC client worker's session with the device, and when it was opened. One per worker.
-_SESSION: dict[str, Any] = {}
-
-
-def _session_key(connection: dict) -> tuple:
-    return (connection["tracker_host"], int(connection["tracker_port"]), connection["key"])
-
-
-def open_rpc_session(connection: dict, reuse: bool) -> bool:
-    """Make sure the worker holds a session with the device; True if the kept one will do.
-
-    A kept session is used while younger than half the session time-out (the server ends a
-    session at its time-out, and a measurement must not be cut by that). Runs in the worker.
-    connection: tracker_host, tracker_port, key, session_timeout, priority.
-    """
-    from tvm import rpc
-
-    lifetime = float(connection["session_timeout"])
-    kept = _SESSION.get("session")
-    if (
-        reuse
-        and kept is not None
-        and _SESSION.get("key") == _session_key(connection)
-        and time.monotonic() - _SESSION["opened"] < 0.5 * lifetime
-    ):
-        return True
-    _SESSION.clear()
-    tracker = rpc.connect_tracker(connection["tracker_host"], int(connection["tracker_port"]))
-    session = tracker.request(
-        connection["key"],
-        priority=int(connection.get("priority", 1)),
-        session_timeout=lifetime,
-    )
-    _SESSION.update(session=session, key=_session_key(connection), opened=time.monotonic())
-    return False
-
-
-def measure_rpc(
-    connection: dict,
-    artifact_path: str,
-    device_type: str,
-    args_info: ArgsInfo,
-    protocol: dict,
-    inputs: Sequence[np.ndarray | None] | None = None,
-    return_outputs: bool = False,
-    reuse_session: bool = True,
-) -> dict[str, Any]:
-    """Upload a library to the device and time it there, in the session `open_rpc_session`
-    opened (runs in the worker subprocess)."""
-    if "session" not in _SESSION:
-        open_rpc_session(connection, reuse_session)
-    session = _SESSION["session"]
-    remote_name = Path(artifact_path).name
-    try:
-        try:
-            session.upload(artifact_path, remote_name)
-        except Exception:
-            # A kept session that died since (a server restart, the last candidate crashed
-            # it) is not this candidate's fault: once more with a fresh session.
-            open_rpc_session(connection, reuse=False)
-            session = _SESSION["session"]
-            session.upload(artifact_path, remote_name)
-        rt_mod = session.load_module(remote_name)
-        device = session.device(device_type, 0)
-        random_fill = session.get_function("tvm.contrib.random.random_fill_for_measure")
-        result = _time_module(
-            rt_mod, device, random_fill, args_info, protocol, inputs, return_outputs
-        )
-        with contextlib.suppress(Exception):
-            session.remove(remote_name)
-    except BaseException:
-        _SESSION.clear()  # whatever state the session is in, the next candidate gets a new one
-        raise
-    if not reuse_session:
-        _SESSION.clear()
-    return result
-
-
-# ---- the runners --------------------------------------------------------------------------
+# ---- the runner they share ---------------------------------------------------------------
 
 
 def _device_type_name(device_type: str) -> str:
@@ -431,8 +323,13 @@ class _FinishedFuture(PyRunnerFuture):
         return self._result
 
 
-class _IsolatedRunnerBase(PyRunner):
-    """What both runners share: worker, leases, protocol, time-outs, output hook."""
+class IsolatedRunner(PyRunner):
+    """What both runners share: worker, leases, protocol, time-outs, output hook.
+
+    A subclass names the worker function that measures (`_function`, "module:function"),
+    gives its arguments (`_call_args`), and may prepare the worker under the leases
+    (`_before_call`).
+    """
 
     _function = ""
     _label = ""
@@ -462,6 +359,12 @@ class _IsolatedRunnerBase(PyRunner):
         self.leases: tuple[DeviceLease, ...] = measurement_leases(device, lease_dir)
         self.host_lease = host_cpu_lease(lease_dir)
         self.worker = worker
+        self.statuses = ResultStatuses()
+
+    def status_of(self, result: RunnerResult) -> Status | None:
+        """Why a RunnerResult this runner returned failed; None if it did not (or is not one
+        of this runner's)."""
+        return self.statuses.status_of(result)
 
     def _before_call(self) -> None:
         """Called under the device's leases before each measurement."""
@@ -552,11 +455,14 @@ class _IsolatedRunnerBase(PyRunner):
                     wall = time.perf_counter() - started
                     span[1] = time.time()
         except WorkerTimeout:
-            error = f"{self._label}: timeout, killed after {self.timeout_sec} s"
+            status, error = (
+                Status.TIMEOUT,
+                f"{self._label}: timeout, killed after {self.timeout_sec} s",
+            )
         except WorkerCrashed as err:
-            error = f"{self._label}: crashed: {err}"
+            status, error = Status.RUN_ERROR, f"{self._label}: crashed: {err}"
         except WorkerError as err:
-            error = f"{self._label}: an exception occurred\n{err}"
+            status, error = Status.RUN_ERROR, f"{self._label}: an exception occurred\n{err}"
         else:
             outputs = value["outputs"]
             return Measurement(
@@ -567,7 +473,7 @@ class _IsolatedRunnerBase(PyRunner):
                 ended_at=span[1],
                 cpu_share=value.get("cpu_share"),
             )
-        return Measurement(None, error, started_at=span[0], ended_at=span[1])
+        return Measurement(None, error, started_at=span[0], ended_at=span[1], status=status)
 
     def measure_input(self, runner_input: RunnerInput) -> Measurement:
         """One MetaSchedule RunnerInput, with the output hook's check when there is one."""
@@ -584,7 +490,12 @@ class _IsolatedRunnerBase(PyRunner):
         if hook is not None and result.ok and result.outputs is not None:
             problem = hook.check(runner_input, result.outputs)
             if problem is not None:
-                return dataclasses.replace(result, run_secs=None, error=f"wrong result: {problem}")
+                return dataclasses.replace(
+                    result,
+                    run_secs=None,
+                    error=f"wrong result: {problem}",
+                    status=Status.WRONG_RESULT,
+                )
         return result
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
@@ -593,149 +504,10 @@ class _IsolatedRunnerBase(PyRunner):
             measurement = self.measure_input(runner_input)
             if not measurement.ok:
                 log.debug("%s: %s", self._label, (measurement.error or "").splitlines()[0])
-            results.append(_FinishedFuture(measurement.to_runner_result()))
+            result = self.statuses.remember(measurement.to_runner_result(), measurement.status)
+            results.append(_FinishedFuture(result))
         return results
 
     def close(self) -> None:
         """Stop the worker subprocess (a later measurement starts a new one)."""
         self.worker.close()
-
-
-@derived_object
-class SubprocessRunner(_IsolatedRunnerBase):
-    """Times candidates on this machine's CPU, each in a subprocess with a time-out.
-
-    device: a local profile (default: the detected host); its `threads` is the worker's TVM
-    thread count. fresh_process: a new subprocess for every measurement (seconds each, for
-    `import tvm`) instead of one kept until a candidate crashes or hangs. A timing that
-    other processes disturbed (the worker had its core less than `min_cpu_share` of the
-    time) is repeated up to `contention_retries` times and the fastest kept (`measure`).
-    """
-
-    _function = f"{__name__}:measure_local"
-    _label = "SubprocessRunner"
-
-    def __init__(
-        self,
-        device: DeviceProfile | None = None,
-        *,
-        protocol: MeasureProtocol = TUNING_PROTOCOL,
-        timeout_sec: float = DEFAULT_RUN_TIMEOUT,
-        fresh_process: bool = False,
-        output_hook: OutputHook | None = None,
-        lease_dir: str | Path | None = None,
-        contention_retries: int = CONTENTION_RETRIES,
-        min_cpu_share: float = MIN_CPU_SHARE,
-    ) -> None:
-        super().__init__()
-        from ago_search.build import tvm_thread_env
-        from ago_search.devices import detect_host
-
-        device = device if device is not None else detect_host()
-        if not device.is_local:
-            raise ValueError(f"device {device.name!r} is reached over RPC: use RPCRunner")
-        worker = IsolatedWorker(
-            preload=(__name__,),
-            env=tvm_thread_env(device.threads),
-            max_uses=1 if fresh_process else None,
-            name="measure-worker",
-        )
-        self._setup(
-            device,
-            protocol,
-            timeout_sec,
-            output_hook,
-            lease_dir,
-            worker,
-            contention_retries,
-            min_cpu_share,
-        )
-
-    def _call_args(self, artifact_path, device_type, args_info, inputs, return_outputs):
-        protocol = self.protocol.to_json()
-        return (artifact_path, device_type, args_info, protocol, inputs, return_outputs)
-
-
-@derived_object
-class RPCRunner(_IsolatedRunnerBase):
-    """Times candidates on a device behind a TVM RPC tracker (the profile's connection).
-
-    The RPC client runs in a subprocess with a time-out, so a server that hangs costs one
-    error result. reuse_session: keep the session between candidates (see the module
-    docstring); False asks the tracker for a new one every time. connect_timeout: seconds to
-    get a session; past it, the device is taken for gone and DeviceUnavailableError raised
-    (a missing device is no candidate's failure, so it is no record either).
-    """
-
-    _function = f"{__name__}:measure_rpc"
-    _label = "RPCRunner"
-
-    def __init__(
-        self,
-        device: DeviceProfile,
-        *,
-        protocol: MeasureProtocol = TUNING_PROTOCOL,
-        timeout_sec: float = DEFAULT_RUN_TIMEOUT,
-        reuse_session: bool = True,
-        connect_timeout: float = 60.0,
-        output_hook: OutputHook | None = None,
-        lease_dir: str | Path | None = None,
-    ) -> None:
-        super().__init__()
-        from ago_search.devices import RPCConnection
-
-        if not isinstance(device.connection, RPCConnection):
-            raise ValueError(f"device {device.name!r} has no RPC connection: use SubprocessRunner")
-        if reuse_session and timeout_sec > 0.5 * device.connection.session_timeout:
-            log.warning(
-                "RPCRunner: timeout_sec %.0f s is over half the session time-out (%.0f s): a "
-                "kept session may end during a measurement",
-                timeout_sec,
-                device.connection.session_timeout,
-            )
-        self.reuse_session = reuse_session
-        self.connect_timeout = connect_timeout
-        self.connection: RPCConnection = device.connection
-        worker = IsolatedWorker(preload=(__name__,), name="rpc-client")
-        self._setup(device, protocol, timeout_sec, output_hook, lease_dir, worker)
-
-    def _connection_json(self) -> dict:
-        return {
-            "tracker_host": self.connection.tracker_host,
-            "tracker_port": self.connection.tracker_port,
-            "key": self.connection.key,
-            "session_timeout": self.connection.session_timeout,
-            "priority": self.connection.priority,
-        }
-
-    def _before_call(self) -> None:
-        try:
-            self.worker.call(
-                f"{__name__}:open_rpc_session",
-                self._connection_json(),
-                self.reuse_session,
-                timeout=self.connect_timeout,
-            )
-        except (WorkerError, WorkerTimeout, WorkerCrashed) as err:
-            connection = self.connection
-            where = f"{connection.tracker_host}:{connection.tracker_port}"
-            raise DeviceUnavailableError(
-                f"device {self.device.name!r}: no RPC session with key {connection.key!r} "
-                f"from the tracker at {where} within {self.connect_timeout:.0f} s "
-                f"({str(err).splitlines()[0]}); check that its server is registered: "
-                f"python -m tvm.exec.query_rpc_tracker --host {connection.tracker_host} "
-                f"--port {connection.tracker_port}"
-            ) from err
-
-    def _call_args(self, artifact_path, device_type, args_info, inputs, return_outputs):
-        protocol = self.protocol.to_json()
-        return (
-            self._connection_json(),
-            artifact_path,
-            device_type,
-            args_info,
-            protocol,
-            inputs,
-            return_outputs,
-            self.reuse_session,
-        )

@@ -1,14 +1,10 @@
-"""`train-cost-model`: train the GNN on a device's trace files, score it and MetaSchedule's
-XGB model on held-out models, and write the model and a metrics JSON.
-
-    python -m cost_model.cli datasets/traces/<device> --out out/cost_model/<device>
-
-(`ago-search train-cost-model` is meant to call `train_cost_model`.)
+"""Training jobs: train the GNN on a device's trace files, score it and MetaSchedule's XGB
+model on held-out models, and write the model and a metrics JSON (what
+`ago-search train-cost-model DIR --out OUT` runs, through `ago_search.api.train_cost_model`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -21,7 +17,7 @@ import numpy as np
 from cost_model.configs.default import Config
 from cost_model.input_pipeline import Dataset, load_dataset, split_by_models
 
-__all__ = ["choose_held_out_models", "cross_validate_models", "main", "train_cost_model"]
+__all__ = ["choose_held_out_models", "cross_validate_models", "train_cost_model"]
 
 log = logging.getLogger(__name__)
 
@@ -163,62 +159,3 @@ def cross_validate_models(
         if rows:
             summary[who] = _mean_metrics(rows)
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train-cost-model", description=__doc__)
-    parser.add_argument("traces", nargs="+", help="trace files or folders of *.jsonl.gz")
-    parser.add_argument("--out", required=True, help="folder for the model and metrics.json")
-    parser.add_argument(
-        "--held-out-models",
-        default=None,
-        help="comma-separated model names; 'none' trains on every model (a model to ship)",
-    )
-    parser.add_argument("--config", default=None, help="JSON of Config fields to change")
-    parser.add_argument("--device", default=None, help="only records of this device key")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--no-xgb", action="store_true", help="skip the XGB baseline")
-    parser.add_argument(
-        "--remeasured-only",
-        action="store_true",
-        help="only schedules whose label `ago-search remeasure` made",
-    )
-    parser.add_argument(
-        "--cross-validate",
-        action="store_true",
-        help="also run leave-one-model-out folds (one training per model) into metrics.json",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = Config()
-    if args.config:
-        config = config.replace(**json.loads(args.config))
-    if args.steps:
-        config = config.replace(num_steps=args.steps)
-    held = args.held_out_models.split(",") if args.held_out_models else None
-    if args.held_out_models == "none":
-        held = []
-    metrics = train_cost_model(
-        args.traces,
-        args.out,
-        held,
-        config,
-        args.device,
-        compare_xgb=not args.no_xgb,
-        remeasured_only=args.remeasured_only,
-    )
-    if args.cross_validate:
-        dataset = load_dataset(
-            args.traces, device_key=args.device, remeasured_only=args.remeasured_only
-        )
-        metrics["leave_one_model_out"] = cross_validate_models(dataset, config, not args.no_xgb)
-        (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    summary = {k: metrics[k] for k in ("held_out_models", "gnn") if k in metrics}
-    if "xgb" in metrics:
-        summary["xgb"] = metrics["xgb"]
-    logging.getLogger("train-cost-model").info("%s", json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

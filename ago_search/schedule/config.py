@@ -1,0 +1,70 @@
+"""How to tune: `TuningConfig`, the choices it names and the defaults behind them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ago_search.errors import AgoSearchError
+from ago_search.measure.protocol import MeasureProtocol
+
+__all__ = ["METASCHEDULE_ROUND", "SCHEDULERS", "SEARCHES", "TuningConfig"]
+
+SCHEDULERS = ("first-pass", "gradient", "round-robin")
+SEARCHES = ("evolutionary", "replay")
+# MetaSchedule's default round size (`num_trials_per_iter` of tune_tasks / tune_relax), used
+# with its own schedulers so that they are compared as a user gets them.
+METASCHEDULE_ROUND = 64
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """How to tune.
+
+    trials: search trials the tasks should have on the device in all, the database's
+        included (a resumed run measures only what is missing: `schedule.tune`).
+    scheduler: "first-pass" (ours), "gradient" or "round-robin" (MetaSchedule's).
+    trials_per_round: candidates measured per round; None: for "first-pass", one round per
+        untried task in `first_pass_fraction` of the remaining budget, at most
+        `max_round_trials`; for MetaSchedule's schedulers its default, 64.
+    population_size: of the evolutionary search (TVM_NOTES.md: 128 on 2 cores).
+    search: "evolutionary" (MetaSchedule's EvolutionarySearch, ranked by the cost model) or
+        "replay" (ReplayTrace: plain random samples of the design space, no cost model; what
+        trace collection wants for unbiased samples, at a fraction of the search's CPU).
+    verify: check every candidate's outputs against the untuned task (wrong -> wrong_result).
+    measure_untuned: measure each task's untuned kernel once (the empty trace).
+    seed: the search's random seed (None: random).
+    warm_start_records: per task, best records of the database the cost model is trained on
+        before the search (a resumed run's model starts from what was measured).
+    """
+
+    trials: int
+    scheduler: str = "first-pass"
+    trials_per_round: int | None = None
+    first_pass_fraction: float = 0.5
+    max_round_trials: int = 16
+    population_size: int = 128
+    search: str = "evolutionary"
+    verify: bool = True
+    measure_untuned: bool = True
+    seed: int | None = None
+    protocol: MeasureProtocol | None = None  # None: measure.TUNING_PROTOCOL
+    build_timeout_s: float | None = None  # None: the builder's default
+    run_timeout_s: float | None = None  # None: the runner's default
+    max_empty_rounds: int = 3
+    warm_start_records: int = 64
+
+    def __post_init__(self) -> None:
+        if self.trials < 0:
+            raise AgoSearchError(f"the number of trials must be >= 0, got {self.trials}")
+        if self.scheduler not in SCHEDULERS:
+            raise AgoSearchError(
+                f"unknown task scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"
+            )
+        if self.trials_per_round is not None and self.trials_per_round < 1:
+            raise AgoSearchError(f"trials per round must be >= 1, got {self.trials_per_round}")
+        if self.search not in SEARCHES:
+            raise AgoSearchError(
+                f"unknown search {self.search!r}: choose one of {', '.join(SEARCHES)}"
+            )
+        if not 0 < self.first_pass_fraction <= 1:
+            raise AgoSearchError("first_pass_fraction must be in (0, 1]")

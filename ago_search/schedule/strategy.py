@@ -1,0 +1,142 @@
+"""The search of one task: MetaSchedule's, minus what the database has measured.
+
+Resume without re-measuring. MetaSchedule's `EvolutionarySearch` does read the database: its
+initial population includes the best records of the workload (init_measured_ratio), but the
+set of schedules it will not measure again starts empty in every run (`measured_workloads_`
+in evolutionary_search.cc, with a TODO to fill it from the database), so after a restart it
+happily re-measures the best records it just took from the database. `SkipMeasured` wraps
+the search: every candidate whose trace hash the database holds for (task, device), any
+outcome, is dropped before it is built; the search is asked again (up to
+`max_empty_rounds` times) when a whole round was known, and the task ends when it only
+proposes known schedules. `TrialBudget` is the run's budget the tasks' searches share.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+from ago_search.database import TuningDatabase, trace_hash
+from ago_search.schedule.config import TuningConfig
+
+__all__ = ["SkipMeasured", "TrialBudget", "make_search_strategy"]
+
+log = logging.getLogger(__name__)
+
+
+def make_search_strategy(config: TuningConfig) -> ms.search_strategy.SearchStrategy:
+    """The search `config.search` names: "replay" (ReplayTrace) or "evolutionary"
+    (EvolutionarySearch with `config.population_size`)."""
+    if config.search == "replay":
+        return ms.search_strategy.ReplayTrace()
+    return ms.search_strategy.EvolutionarySearch(population_size=config.population_size)
+
+
+@dataclass
+class TrialBudget:
+    """Trials left to the whole run, shared by the tasks' searches: MetaSchedule's loop stops
+    starting rounds at its budget but lets the last round run over it (a round of 64 started
+    at 129 of 130 measures 64); the searches cut that round to what is left. `deadline` (a
+    `time.monotonic()` value) ends the run in time: no round starts after it."""
+
+    remaining: int
+    deadline: float | None = None
+
+    def exhausted(self) -> bool:
+        return self.remaining <= 0 or (
+            self.deadline is not None and time.monotonic() >= self.deadline
+        )
+
+
+@derived_object
+class SkipMeasured(PySearchStrategy):
+    """A search strategy that never proposes a schedule the database measured for the task.
+
+    inner: the search (EvolutionarySearch). on_round: called with the task key before each
+    round goes out (the output check learns which task it is checking). budget: trials left
+    to the run, shared by all tasks' searches (None: no limit here). Candidates of this run
+    are remembered too, so a search that proposes one twice does not measure it twice.
+    """
+
+    def __init__(
+        self,
+        inner: ms.search_strategy.SearchStrategy,
+        store: TuningDatabase,
+        device_key: str,
+        task_key: str,
+        on_round: Callable[[str], None] | None = None,
+        max_empty_rounds: int = 3,
+        budget: TrialBudget | None = None,
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.store = store
+        self.device_key = device_key
+        self.task_key = task_key
+        self.on_round = on_round
+        self.max_empty_rounds = max_empty_rounds
+        self.budget = budget
+        self.known: set[str] = set()
+        self.skipped = 0
+        self._empty_rounds = 0
+
+    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
+        self.known = set(self.store.measured(self.task_key, self.device_key))
+        self._empty_rounds = 0
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self) -> list[Any] | None:
+        while True:
+            if self.budget is not None and self.budget.exhausted():
+                return None
+            candidates = self.inner.generate_measure_candidates()
+            if candidates is None:
+                return None
+            fresh = []
+            for candidate in candidates:
+                digest = trace_hash(candidate.sch.trace)
+                if digest in self.known:
+                    self.skipped += 1
+                    continue
+                self.known.add(digest)
+                fresh.append(candidate)
+            if fresh:
+                if self.budget is not None:
+                    fresh = fresh[: self.budget.remaining]
+                    self.budget.remaining -= len(fresh)
+                self._empty_rounds = 0
+                if self.on_round is not None:
+                    self.on_round(self.task_key)
+                return fresh
+            self._empty_rounds += 1
+            log.debug("task %s: a round of known schedules only", self.task_key)
+            if self._empty_rounds >= self.max_empty_rounds:
+                log.info("task %s: the search proposes only measured schedules", self.task_key)
+                return None
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self) -> SkipMeasured:
+        return SkipMeasured(
+            self.inner.clone(),
+            self.store,
+            self.device_key,
+            self.task_key,
+            self.on_round,
+            self.max_empty_rounds,
+            self.budget,
+        )
