@@ -488,6 +488,7 @@ def search(
     `out`, it goes on where it stopped. Returns a `SearchResult` (ago_search.search.driver);
     `options` are further `SearchConfig` fields."""
     import ray
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ago_search.devices import load_device
     from ago_search.errors import AgoSearchError
@@ -516,14 +517,15 @@ def search(
         state = json.loads(folder.state_file.read_text())
     bar = SearchProgressBar(seconds, float((state or {}).get("spent_s", 0.0)), enabled=progress)
     try:
-        return run_search(
-            imported,
-            profile,
-            out_dir,
-            config,
-            make_cost_model(cost_model, seed=seed),
-            on_progress=bar,
-        )
+        with logging_redirect_tqdm():
+            return run_search(
+                imported,
+                profile,
+                out_dir,
+                config,
+                make_cost_model(cost_model, seed=seed),
+                on_progress=bar,
+            )
     finally:
         bar.close()
         if started_ray:

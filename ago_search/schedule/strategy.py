@@ -44,15 +44,38 @@ class TrialBudget:
     """Trials left to the whole run, shared by the tasks' searches: MetaSchedule's loop stops
     starting rounds at its budget but lets the last round run over it (a round of 64 started
     at 129 of 130 measures 64); the searches cut that round to what is left. `deadline` (a
-    `time.monotonic()` value) ends the run in time: no round starts after it."""
+    `time.monotonic()` value) ends the run in time: no round starts after it, and a round
+    that starts near it is cut to the candidates the time left allows at the pace of the
+    rounds before (a round of 16 is 10-20 s, which a short budget cannot overrun)."""
 
     remaining: int
     deadline: float | None = None
+    stop: Callable[[], bool] | None = None  # asked before each round: True ends the run
+    _round_started: float | None = None
+    _round_size: int = 0
+    _seconds_per_trial: float | None = None
 
     def exhausted(self) -> bool:
-        return self.remaining <= 0 or (
-            self.deadline is not None and time.monotonic() >= self.deadline
+        return (
+            self.remaining <= 0
+            or (self.deadline is not None and time.monotonic() >= self.deadline)
+            or (self.stop is not None and self.stop())
         )
+
+    def take(self, wanted: int) -> int:
+        """How many of `wanted` candidates the next round measures; starts the round."""
+        now = time.monotonic()
+        if self._round_started is not None and self._round_size > 0:
+            pace = (now - self._round_started) / self._round_size
+            previous = self._seconds_per_trial
+            self._seconds_per_trial = pace if previous is None else 0.5 * (previous + pace)
+        allowed = min(wanted, self.remaining)
+        if self.deadline is not None and self._seconds_per_trial:
+            fits = int((self.deadline - now) / self._seconds_per_trial)
+            allowed = min(allowed, max(1, fits))
+        self.remaining -= allowed
+        self._round_started, self._round_size = now, allowed
+        return allowed
 
 
 @derived_object
@@ -115,8 +138,7 @@ class SkipMeasured(PySearchStrategy):
                 fresh.append(candidate)
             if fresh:
                 if self.budget is not None:
-                    fresh = fresh[: self.budget.remaining]
-                    self.budget.remaining -= len(fresh)
+                    fresh = fresh[: self.budget.take(len(fresh))]
                 self._empty_rounds = 0
                 if self.on_round is not None:
                     self.on_round(self.task_key)

@@ -30,7 +30,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ from ago_search.schedule.verify import ReferenceCheck
 if TYPE_CHECKING:
     from ago_search.devices import DeviceProfile
 
-__all__ = ["tune_task", "tune_tasks", "untuned_trace"]
+__all__ = ["TuningSession", "tune_task", "tune_tasks", "untuned_trace"]
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,239 @@ def _seed(config: TuningConfig, index: int) -> int:
 # the entry points
 
 
+class TuningSession:
+    """One device's builder, runner and output checks, kept across several tuning calls.
+
+    Starting them costs seconds (worker processes import TVM; each task's reference outputs
+    are computed by its untuned kernel), so a caller that tunes in slices (the search tunes
+    the leading plan for a minute, looks at the plans, tunes again) keeps one session and
+    pays that once; so are the design-space checks and the warm start of each task.
+    `tune_tasks` is one session used once. Builder and runner settings (`verify`, `protocol`,
+    time-outs) are the session's `config`'s.
+    """
+
+    def __init__(
+        self,
+        device: DeviceProfile,
+        database: TuningDatabase | str | Path,
+        config: TuningConfig,
+        work_dir: str | Path | None = None,
+    ) -> None:
+        self.device = device
+        self.config = config
+        self.store = database if isinstance(database, TuningDatabase) else TuningDatabase(database)
+        self.check = ReferenceCheck() if config.verify else None
+        self._checked: set[str] = set()
+        self._scratch = Path(tempfile.mkdtemp(prefix="ago-tune-", dir=work_dir))
+        self.builder, self.runner = _make_builder_runner(
+            device, config, self.check, self._scratch / "artifacts"
+        )
+        self._schedulable: dict[str, bool] = {}
+        self._warmed: set[tuple[int, str]] = set()  # (id of the cost model, task key)
+
+    def __enter__(self) -> TuningSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.builder.close()
+        self.runner.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def tune(
+        self,
+        tasks: Sequence[Task],
+        config: TuningConfig,
+        *,
+        cost_model: Any,
+        measure_callbacks: Sequence[Any] = (),
+        deadline: float | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> TuningReport:
+        """`tune_tasks` with this session's builder, runner and checks. `stop` is asked before
+        each round; once it says True no round starts (the one running finishes)."""
+        from ago_search.devices import host_num_cores
+        from ago_search.measure.intrinsics import register_cpu_tensor_intrinsics
+
+        started = time.perf_counter()
+        tasks = list(tasks)
+        if not tasks:
+            raise AgoSearchError("no tasks to tune: the plan has no kernels")
+        if len({t.key for t in tasks}) != len(tasks):
+            raise AgoSearchError("the same task is given twice: give each task once (see weight)")
+        device, store, check = self.device, self.store, self.check
+        _check_targets(tasks, device)
+        register_cpu_tensor_intrinsics(tasks[0].target_object())
+        for task in tasks:
+            store.commit_task(task.key, task.target, task.mod, name=task.name)
+            if check is not None and task.key not in self._checked:
+                check.add(task.key, task.mod)
+                self._checked.add(task.key)
+        round_trials = config.trials_per_round or 0
+        cost_model_name = getattr(cost_model, "label", None) or type(cost_model).__name__
+        if config.measure_untuned:
+            count = _measure_untuned(tasks, store, device.key, self.builder, self.runner, check)
+            log.info("measured the untuned kernels of %d tasks", count)
+        priors = [_prior(store, task, device.key) for task in tasks]
+        remaining = config.trials - sum(p.trials for p in priors)
+        if not round_trials:
+            if config.scheduler == "first-pass":
+                untried = sum(1 for p in priors if p.trials == 0) or len(tasks)
+                round_trials = first_pass_round(
+                    remaining, untried, config.first_pass_fraction, config.max_round_trials
+                )
+            else:
+                round_trials = METASCHEDULE_ROUND
+        if remaining > 0 and (deadline is None or time.monotonic() < deadline):
+            log.info(
+                "tuning %d tasks on %s: %d trials to go (%d in the database), rounds of %d",
+                len(tasks),
+                device.key,
+                remaining,
+                sum(p.trials for p in priors),
+                round_trials,
+            )
+            self._run_metaschedule(
+                tasks,
+                config,
+                priors,
+                remaining,
+                round_trials,
+                cost_model,
+                measure_callbacks,
+                host_num_cores(),
+                deadline,
+                stop,
+            )
+        before = [p.trials for p in priors]
+        results = task_results(store, tasks, device.key, before, check)
+        trials_before = sum(before)
+        return TuningReport(
+            device_key=device.key,
+            database=str(store.path),
+            scheduler=config.scheduler,
+            cost_model=cost_model_name,
+            trials_per_round=round_trials,
+            budget=config.trials,
+            trials_before=trials_before,
+            trials_run=sum(r.trials for r in results) - trials_before,
+            wall_s=time.perf_counter() - started,
+            tasks=results,
+        )
+
+    def _run_metaschedule(
+        self,
+        tasks: Sequence[Task],
+        config: TuningConfig,
+        priors: Sequence[TaskPrior],
+        remaining: int,
+        round_trials: int,
+        cost_model: Any,
+        measure_callbacks: Sequence[Any],
+        num_threads: int,
+        deadline: float | None,
+        stop: Callable[[], bool] | None,
+    ) -> None:
+        store, device_key, check = self.store, self.device.key, self.check
+        on_round = check.select if check is not None else None
+        budget = TrialBudget(remaining, deadline, stop)
+        tasks, priors = self._keep_schedulable(tasks, priors, config, num_threads)
+        if not tasks:
+            return
+        searches = [
+            SkipMeasured(
+                make_search_strategy(config),
+                store,
+                device_key,
+                task.key,
+                on_round=on_round,
+                max_empty_rounds=config.max_empty_rounds,
+                budget=budget,
+            )
+            for task in tasks
+        ]
+        contexts = [
+            ms.TuneContext(
+                mod=task.mod,
+                target=task.target_object(),
+                space_generator="post-order-apply",
+                search_strategy=search,
+                task_name=task.name,
+                rand_state=_seed(config, index),
+                num_threads=num_threads,
+                logger=_MS_LOG,
+            )
+            for index, (task, search) in enumerate(zip(tasks, searches, strict=True))
+        ]
+        if config.warm_start_records > 0:
+            cold = [
+                (context, task)
+                for context, task in zip(contexts, tasks, strict=True)
+                if (id(cost_model), task.key) not in self._warmed
+            ]
+            if cold:
+                _warm_start(
+                    cost_model,
+                    [c for c, _ in cold],
+                    [t for _, t in cold],
+                    store,
+                    device_key,
+                    config.warm_start_records,
+                )
+                self._warmed.update((id(cost_model), t.key) for _, t in cold)
+        if config.scheduler == "first-pass":
+            scheduler: Any = FirstPassScheduler(priors, round_trials=round_trials)
+        elif config.scheduler == "gradient":
+            scheduler = ms.task_scheduler.GradientBased(seed=config.seed if config.seed else -1)
+        else:
+            scheduler = ms.task_scheduler.RoundRobin()
+        db = SqliteDatabase(store, device_key, tasks[0].target)
+        callbacks = [
+            # first: the record with its status, the builder's or runner's word, before the rest
+            db.measure_callback(self.builder, self.runner),
+            ms.measure_callback.RemoveBuildArtifact(),
+            ms.measure_callback.UpdateCostModel(),
+            *measure_callbacks,
+        ]
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=[float(task.weight) for task in tasks],
+            work_dir=str(self._scratch),
+            max_trials_global=remaining,
+            max_trials_per_task=remaining,
+            num_trials_per_iter=round_trials,
+            builder=self.builder,
+            runner=self.runner,
+            database=db,
+            cost_model=cost_model,
+            measure_callbacks=callbacks,
+            task_scheduler=scheduler,
+        )
+        skipped = sum(search.skipped for search in searches)
+        if skipped:
+            log.info("skipped %d candidates measured before", skipped)
+
+    def _keep_schedulable(
+        self,
+        tasks: Sequence[Task],
+        priors: Sequence[TaskPrior],
+        config: TuningConfig,
+        num_threads: int,
+    ) -> tuple[list[Task], list[TaskPrior]]:
+        """`_schedulable`, each task checked once per session."""
+        unknown = [
+            (index, task) for index, task in enumerate(tasks) if task.key not in self._schedulable
+        ]
+        if unknown:
+            kept = _schedulable([t for _, t in unknown], config, num_threads)
+            for _, task in unknown:
+                self._schedulable[task.key] = task.key in kept
+        pairs = [(t, p) for t, p in zip(tasks, priors, strict=True) if self._schedulable[t.key]]
+        return [t for t, _ in pairs], [p for _, p in pairs]
+
+
 def tune_tasks(
     tasks: Sequence[Task],
     device: DeviceProfile,
@@ -200,190 +433,30 @@ def tune_tasks(
     measure_callbacks: MetaSchedule measure callbacks run after ours (each candidate is in
     the database by then). work_dir: where candidates' libraries go (default: a temporary
     folder). Failures of candidates are records; errors a user can cause raise AgoSearchError.
+    A caller that tunes again and again keeps a `TuningSession` instead.
     """
-    from ago_search.devices import host_num_cores
-    from ago_search.measure.intrinsics import register_cpu_tensor_intrinsics
-
-    started = time.perf_counter()
-    tasks = list(tasks)
     if not tasks:
         raise AgoSearchError("no tasks to tune: the plan has no kernels")
-    if len({t.key for t in tasks}) != len(tasks):
-        raise AgoSearchError("the same task is given twice: give each task once (see weight)")
-    _check_targets(tasks, device)
-    store = database if isinstance(database, TuningDatabase) else TuningDatabase(database)
-    target = tasks[0].target_object()
-    register_cpu_tensor_intrinsics(target)
-    for task in tasks:
-        store.commit_task(task.key, task.target, task.mod, name=task.name)
-
-    check: ReferenceCheck | None = None
-    if config.verify:
-        check = ReferenceCheck()
-        for task in tasks:
-            check.add(task.key, task.mod)
-
-    scratch = Path(tempfile.mkdtemp(prefix="ago-tune-", dir=work_dir))
-    builder, runner = _make_builder_runner(device, config, check, scratch / "artifacts")
-    round_trials = config.trials_per_round or 0
-    cost_model_name = getattr(cost_model, "label", None) or type(cost_model).__name__
-    priors: list[TaskPrior] = []
-    try:
-        if config.measure_untuned:
-            count = _measure_untuned(tasks, store, device.key, builder, runner, check)
-            log.info("measured the untuned kernels of %d tasks", count)
-        priors = [_prior(store, task, device.key) for task in tasks]
-        remaining = config.trials - sum(p.trials for p in priors)
-        if not round_trials:
-            if config.scheduler == "first-pass":
-                untried = sum(1 for p in priors if p.trials == 0) or len(tasks)
-                round_trials = first_pass_round(
-                    remaining, untried, config.first_pass_fraction, config.max_round_trials
-                )
-            else:
-                round_trials = METASCHEDULE_ROUND
-        if remaining > 0:
-            log.info(
-                "tuning %d tasks on %s: %d trials to go (%d in the database), rounds of %d",
-                len(tasks),
-                device.key,
-                remaining,
-                sum(p.trials for p in priors),
-                round_trials,
-            )
-            _run_metaschedule(
-                tasks,
-                store,
-                device.key,
-                config,
-                priors,
-                remaining,
-                round_trials,
-                builder,
-                runner,
-                cost_model,
-                check,
-                measure_callbacks,
-                scratch,
-                host_num_cores(),
-                deadline,
-            )
-    finally:
-        builder.close()
-        runner.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    before = [p.trials for p in priors] if priors else None
-    results = task_results(store, tasks, device.key, before, check)
-    trials_before = sum(before) if before else 0
-    return TuningReport(
-        device_key=device.key,
-        database=str(store.path),
-        scheduler=config.scheduler,
-        cost_model=cost_model_name,
-        trials_per_round=round_trials,
-        budget=config.trials,
-        trials_before=trials_before,
-        trials_run=sum(r.trials for r in results) - trials_before,
-        wall_s=time.perf_counter() - started,
-        tasks=results,
-    )
-
-
-def _run_metaschedule(
-    tasks: Sequence[Task],
-    store: TuningDatabase,
-    device_key: str,
-    config: TuningConfig,
-    priors: Sequence[TaskPrior],
-    remaining: int,
-    round_trials: int,
-    builder: Any,
-    runner: Any,
-    cost_model: Any,
-    check: ReferenceCheck | None,
-    measure_callbacks: Sequence[Any],
-    scratch: Path,
-    num_threads: int,
-    deadline: float | None = None,
-) -> None:
-    on_round = check.select if check is not None else None
-    budget = TrialBudget(remaining, deadline)
-    tasks, priors = _schedulable(tasks, priors, config, num_threads)
-    if not tasks:
-        return
-    searches = [
-        SkipMeasured(
-            make_search_strategy(config),
-            store,
-            device_key,
-            task.key,
-            on_round=on_round,
-            max_empty_rounds=config.max_empty_rounds,
-            budget=budget,
+    with TuningSession(device, database, config, work_dir) as session:
+        return session.tune(
+            tasks,
+            config,
+            cost_model=cost_model,
+            measure_callbacks=measure_callbacks,
+            deadline=deadline,
         )
-        for task in tasks
-    ]
-    contexts = [
-        ms.TuneContext(
-            mod=task.mod,
-            target=task.target_object(),
-            space_generator="post-order-apply",
-            search_strategy=search,
-            task_name=task.name,
-            rand_state=_seed(config, index),
-            num_threads=num_threads,
-            logger=_MS_LOG,
-        )
-        for index, (task, search) in enumerate(zip(tasks, searches, strict=True))
-    ]
-    if config.warm_start_records > 0:
-        _warm_start(cost_model, contexts, tasks, store, device_key, config.warm_start_records)
-    if config.scheduler == "first-pass":
-        scheduler: Any = FirstPassScheduler(priors, round_trials=round_trials)
-    elif config.scheduler == "gradient":
-        scheduler = ms.task_scheduler.GradientBased(seed=config.seed if config.seed else -1)
-    else:
-        scheduler = ms.task_scheduler.RoundRobin()
-    db = SqliteDatabase(store, device_key, tasks[0].target)
-    callbacks = [
-        # first: the record with its status, the builder's or runner's word, before the rest
-        db.measure_callback(builder, runner),
-        ms.measure_callback.RemoveBuildArtifact(),
-        ms.measure_callback.UpdateCostModel(),
-        *measure_callbacks,
-    ]
-    ms.tune.tune_tasks(
-        tasks=contexts,
-        task_weights=[float(task.weight) for task in tasks],
-        work_dir=str(scratch),
-        max_trials_global=remaining,
-        max_trials_per_task=remaining,
-        num_trials_per_iter=round_trials,
-        builder=builder,
-        runner=runner,
-        database=db,
-        cost_model=cost_model,
-        measure_callbacks=callbacks,
-        task_scheduler=scheduler,
-    )
-    skipped = sum(search.skipped for search in searches)
-    if skipped:
-        log.info("skipped %d candidates measured before", skipped)
 
 
-def _schedulable(
-    tasks: Sequence[Task], priors: Sequence[TaskPrior], config: TuningConfig, num_threads: int
-) -> tuple[list[Task], list[TaskPrior]]:
-    """The tasks whose design space MetaSchedule can generate, with their priors.
+def _schedulable(tasks: Sequence[Task], config: TuningConfig, num_threads: int) -> set[str]:
+    """The keys of the tasks whose design space MetaSchedule can generate.
 
     Some schedule rules raise a ScheduleError on some fused groups (seen: reverse-compute-at on
     an add + layer_norm group of bert_tiny); inside ms.tune_tasks that ends the whole run. The
-    space is generated here first, with the same seed the real context gets, and a task that
-    fails is left out with a warning: a failure of one task, not of the run.
+    space is generated here first, and a task that fails is left out with a warning: a failure
+    of one task, not of the run.
     """
-    kept_tasks, kept_priors = [], []
-    for index, (task, prior) in enumerate(zip(tasks, priors, strict=True)):
+    kept = set()
+    for index, task in enumerate(tasks):
         context = ms.TuneContext(
             mod=task.mod,
             target=task.target_object(),
@@ -403,9 +476,8 @@ def _schedulable(
                 first,
             )
             continue
-        kept_tasks.append(task)
-        kept_priors.append(prior)
-    return kept_tasks, kept_priors
+        kept.add(task.key)
+    return kept
 
 
 def _warm_start(

@@ -1,0 +1,566 @@
+"""The budgeted joint search: plans proposed and scored on Ray while the leading plan's kernels
+are tuned and measured, the best verified plan always on disk.
+
+One loop, until the budget (less what finishing needs) is spent:
+
+1. Propose. While the estimators are short of work, the searcher suggests partitions
+   (`PlanSearcher`); their new groups become tasks (`PlanScorer.add_partitions`) and the tasks
+   never estimated go to the Ray estimators (`EstimatorPool`), which run beside the measuring.
+2. Score. Estimates that came back are given to the scorer; every partition whose tasks are
+   all known gets its predicted latency (`PlanScorer.score`) and the searcher learns it.
+3. Tune. The leading plan (best predicted; a challenger must be `switch_margin` better to take
+   over) has its kernels tuned for a slice of time: MetaSchedule's evolutionary search with
+   our scheduler (every task of the plan a first round before any second), the cost model
+   kept across slices, every candidate verified and committed to `tuning.db` as it is
+   measured. The measurements replace estimates, recalibrate the others, and every scored
+   plan is scored again.
+4. Check. A leader whose kernels are (nearly) all tuned is built, timed end to end and
+   verified against ONNX Runtime; the best verified one is written to `plan.json` and
+   `model.so` at once.
+
+Measurements are the scarce resource: one at a time (the device lease), never beside a build
+or an estimate on the same cores. Wall time is the budget; a stopped search (Ctrl-C, kill -9)
+keeps every committed measurement and its state, and the same command goes on from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ago_search.database import TuningDatabase
+from ago_search.devices import DeviceProfile
+from ago_search.frontend import ImportedModel
+from ago_search.measure import MeasureProtocol
+from ago_search.partition import Partition
+from ago_search.pipeline import SEED_NAMES, PlannedModel, plan_model, prepare_model, seed_partition
+from ago_search.plan import Plan, graph_fingerprint
+from ago_search.schedule.config import TuningConfig
+from ago_search.schedule.results import task_results
+from ago_search.schedule.tasks import Task
+from ago_search.schedule.tune import TuningSession
+from ago_search.search.budget import Budget, format_duration
+from ago_search.search.estimators import EstimatorPool
+from ago_search.search.finish import ORT, OURS, TVM_DEFAULT, measure_plan, runtime_seconds
+from ago_search.search.score import PlanScorer
+from ago_search.search.searcher import PlanSearcher, Suggestion
+from ago_search.search.space import GroupLimits, PlanSpace
+from ago_search.search.state import OutputFolder, SearchState, write_json_atomic
+from cost_model.estimate import TaskEstimate
+
+__all__ = ["SearchConfig", "SearchResult", "run_search"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How to search.
+
+    budget_s: wall-clock seconds in all, earlier runs on the same output folder included.
+    slice_s: seconds of tuning between two looks at the plans (None: 5 % of the budget, 20 to
+    120 s). suggest_batch: partitions suggested at a time. estimator_workers: Ray actors that
+    estimate tasks (None: one per two CPUs Ray has, at least one). samples: schedules sampled
+    per task estimate. switch_margin: how much better a plan's score must be to take the lead.
+    round_trials: candidates measured per round of a task (the first pass gives every task of
+    the leading plan one round before any gets a second).
+    end_to_end_share: a leader is timed end to end once at least this share of its predicted
+    kernel time comes from measurements.
+    """
+
+    budget_s: float
+    seed: int = 0
+    cost_model: str = "gnn"
+    slice_s: float | None = None
+    suggest_batch: int = 8
+    estimator_workers: int | None = None
+    samples: int = 64
+    switch_margin: float = 0.03
+    round_trials: int = 8
+    end_to_end_share: float = 0.9
+    limits: GroupLimits = field(default_factory=GroupLimits)
+    protocol: MeasureProtocol | None = None
+
+    def slice_seconds(self) -> float:
+        if self.slice_s is not None:
+            return self.slice_s
+        return min(120.0, max(20.0, 0.05 * self.budget_s))
+
+    def finish_reserve_s(self) -> float:
+        """What finishing takes: a tuned build, TVM's default build, and three timed runs."""
+        return min(180.0, max(15.0, 0.08 * self.budget_s))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    out: Path
+    summary: dict[str, Any]
+    interrupted: bool = False
+
+
+@dataclass
+class _Counters:
+    measurements_before: int = 0
+    plans_scored: int = 0
+
+
+def run_search(
+    imported: ImportedModel,
+    device: DeviceProfile,
+    out: str | Path,
+    config: SearchConfig,
+    cost_model: Any,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> SearchResult:
+    """Search plans and schedules for `imported` on `device` within `config.budget_s`, writing
+    `out` (see `ago_search.search.state`). `cost_model`: the MetaSchedule cost model that
+    guides the loop search (`cost_model.factory.make_cost_model`). `on_progress` gets a dict
+    after every step (elapsed, budget, best predicted and measured latency, counts)."""
+    search = _Search(imported, device, Path(out), config, cost_model, on_progress)
+    return search.run()
+
+
+class _Search:
+    def __init__(
+        self,
+        imported: ImportedModel,
+        device: DeviceProfile,
+        out: Path,
+        config: SearchConfig,
+        cost_model: Any,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.imported = imported
+        self.device = device
+        self.config = config
+        self.guide = cost_model
+        self.on_progress = on_progress
+        self.folder = OutputFolder(out)
+        self.folder.prepare()
+        target = device.tvm_target()
+        self.prepared = prepare_model(imported, target)
+        graph = self.prepared.graph
+        self.model_info = {
+            "path": imported.path,
+            "graph": graph_fingerprint(graph),
+            "inputs": {s.name: list(s.shape) for s in imported.inputs},
+        }
+        state = self.folder.load_state(self.model_info, device.key)
+        self.resumed = state is not None
+        self.state = state or SearchState(self.model_info, device.key, config.budget_s)
+        self.state.budget_s = config.budget_s
+        self.state.finished = False
+        self.budget = Budget(config.budget_s, self.state.spent_s)
+        self.store = TuningDatabase(self.folder.database)
+        self.space = PlanSpace(graph, config.limits)
+        seeds = {name: seed_partition(self.prepared, name).partition for name in SEED_NAMES}
+        self.searcher = PlanSearcher(self.space, seeds, seed=config.seed)
+        if self.state.searcher:
+            self.searcher.restore(self.state.searcher)
+        self.scorer = PlanScorer(self.prepared)
+        for key, data in self.state.estimates.items():
+            self.scorer.set_estimate(key, TaskEstimate.from_json(data))
+        self.pending: list[Suggestion] = []
+        self.leader: Partition | None = None
+        self.leader_key = self.state.leader
+        self.last_end_to_end: dict[str, float] = {
+            e["plan"]: e["predicted_s"] for e in self.state.end_to_end
+        }
+        self.slices = 0
+        self.counters = _Counters(measurements_before=len(self.store))
+        self.end_to_end_s: float | None = self.state.end_to_end_s
+        self.stop_requested = False
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> SearchResult:
+        import ray
+
+        owns_ray = not ray.is_initialized()
+        if owns_ray:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        workers = self.config.estimator_workers or max(
+            1, int(ray.cluster_resources().get("CPU", 2)) // 2
+        )
+        pool = EstimatorPool(
+            self.prepared.target,
+            workers=workers,
+            samples=self.config.samples,
+            seed=self.config.seed,
+        )
+        self.session = TuningSession(
+            self.device,
+            self.store,
+            TuningConfig(trials=0, protocol=self.config.protocol),
+            work_dir=self.folder.path,
+        )
+        self.estimator_nodes = len(pool.nodes())
+        previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        interrupted = False
+        try:
+            self._restore_leader()
+            while not self.budget.expired(self._reserve()) and not self.stop_requested:
+                self._propose(pool)
+                self._collect(pool, wait=0.0 if self.leader is not None else 5.0)
+                self._choose_leader()
+                if self.leader is None:
+                    continue
+                self._tune_slice(self._reserve())
+                self._collect(pool, wait=0.0)
+                self._rescore()
+                self._check_leader(self._reserve())
+                self._save()
+            self._collect(pool, wait=0.0)
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            summary = self._finish()
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("stopped: every measurement so far is kept in %s", self.folder.database)
+            summary = self._summary(final=None, interrupted=True)
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            self._save()
+            self.session.close()
+            pool.close()
+            self.store.close()
+            if owns_ray:
+                ray.shutdown()
+        return SearchResult(self.folder.path, summary, interrupted)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """Ctrl-C: no new tuning round starts, the running one ends, the state is saved.
+        A second Ctrl-C stops at once (what was committed is kept either way)."""
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        log.warning("stopping after the current round (Ctrl-C again to stop at once)")
+
+    def _reserve(self) -> float:
+        """Seconds kept for finishing: the configured floor, or twice what timing a plan end
+        to end took (finishing builds and times TVM's default build as well)."""
+        floor = self.config.finish_reserve_s()
+        return max(floor, 2.0 * self.end_to_end_s) if self.end_to_end_s else floor
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _propose(self, pool: EstimatorPool) -> None:
+        if pool.pending >= 2 * pool.workers:
+            return
+        suggestions = self.searcher.suggest(self.config.suggest_batch)
+        if not suggestions:
+            return
+        new_tasks = self.scorer.add_partitions(s.partition for s in suggestions)
+        self._learn_measured(new_tasks)
+        keys = [k for s in suggestions for k in self.scorer.tasks_of(s.partition)]
+        todo = self.scorer.needs_estimate(keys)
+        pool.submit({k: self.scorer.task(k).mod for k in todo})
+        self.pending.extend(suggestions)
+
+    def _collect(self, pool: EstimatorPool, wait: float) -> None:
+        for key, estimate in pool.poll(timeout=wait).items():
+            self.scorer.set_estimate(key, estimate)
+            self.state.estimates[key] = estimate.to_json()
+            if estimate.error:
+                log.info("task %s has no estimate: %s", key, estimate.error)
+        still = []
+        for suggestion in self.pending:
+            score = self.scorer.score(suggestion.partition)
+            if score.unknown and any(self.scorer.estimates().get(k) is None for k in score.unknown):
+                still.append(suggestion)
+                continue
+            # unknown left with a failed estimate: the plan cannot be scored, so never leads
+            self.searcher.on_result(suggestion.key, None if score.unknown else score.seconds)
+            self.counters.plans_scored += 1
+        self.pending = still
+
+    def _choose_leader(self) -> None:
+        best = self.searcher.best(1)
+        if not best:
+            if self.leader is None:
+                # Nothing scored yet: TVM's own fusion is tuned first (never a bad start).
+                seed = next((s for s in self.pending if s.origin.startswith("seed:tvm")), None)
+                if seed is not None:
+                    self._set_leader(seed.partition, "the TVM seed, before any score")
+            return
+        partition, score, origin = best[0]
+        if self.leader is None:
+            self._set_leader(partition, origin)
+            return
+        if partition == self.leader:
+            return
+        current = self.scorer.score(self.leader)
+        if current.unknown or score < current.seconds * (1 - self.config.switch_margin):
+            self._set_leader(partition, origin)
+
+    def _set_leader(self, partition: Partition, why: str) -> None:
+        if self.leader is not None and partition == self.leader:
+            return
+        self.leader = partition
+        self.leader_key = partition.fingerprint()
+        score = self.scorer.score(partition)
+        log.info(
+            "leading plan %s (%s): %d groups, predicted %s",
+            self.leader_key[:10],
+            why,
+            partition.num_groups,
+            _ms(score.seconds) if not score.unknown else "-",
+        )
+
+    def _leader_tasks(self) -> list[Task]:
+        assert self.leader is not None
+        calls = self.scorer.tasks_of(self.leader)
+        return [dataclasses.replace(self.scorer.task(k), weight=n) for k, n in calls.items()]
+
+    def _tune_slice(self, reserve: float) -> None:
+        tasks = self._leader_tasks()
+        if not tasks:
+            return
+        deadline = min(
+            time.monotonic() + self.config.slice_seconds(), self.budget.deadline(reserve)
+        )
+        before = sum(r.trials for r in task_results(self.store, tasks, self.device.key))
+        config = TuningConfig(
+            trials=before + 100_000,  # the deadline ends the slice, not a trial count
+            seed=self.config.seed + self.slices,
+            protocol=self.config.protocol,
+            measure_untuned=False,  # the search scores tuned kernels; the untuned ones cost time
+            max_round_trials=self.config.round_trials,
+        )
+        self.slices += 1
+        report = self.session.tune(
+            tasks,
+            config,
+            cost_model=self.guide,
+            deadline=deadline,
+            stop=lambda: self.stop_requested,
+        )
+        for result in report.tasks:
+            self.scorer.set_measured(result.key, result.best_seconds, result.trials)
+        log.info(
+            "slice %d: %d trials on %d tasks in %.0f s; calibration %+.2f (log) over %d tasks",
+            self.slices,
+            report.trials_run,
+            len(tasks),
+            report.wall_s,
+            self.scorer.calibration.offset,
+            self.scorer.calibration.tasks,
+        )
+
+    def _rescore(self) -> None:
+        for key, partition, _ in self.searcher.scored():
+            score = self.scorer.score(partition)
+            self.searcher.on_result(key, None if score.unknown else score.seconds)
+        self._report_progress()
+
+    def _check_leader(self, reserve: float) -> None:
+        assert self.leader is not None
+        score = self.scorer.score(self.leader)
+        if score.unknown or score.measured_share < self.config.end_to_end_share:
+            return
+        previous = self.last_end_to_end.get(self.leader_key or "")
+        if previous is not None and score.seconds > previous * 0.98:
+            return  # nothing new to learn from timing this plan again
+        if self.budget.left - reserve < (self.end_to_end_s or 10.0):
+            return
+        started = time.monotonic()
+        planned = self._planned(self.leader)
+        measured = measure_plan(planned, self.store, self.device, self.config.protocol)
+        self.end_to_end_s = time.monotonic() - started
+        self.state.end_to_end_s = self.end_to_end_s
+        entry = {
+            "plan": self.leader_key,
+            "predicted_s": score.seconds,
+            "measured_s": measured.seconds,
+            "verified": measured.verified,
+            "errors": list(measured.errors),
+            "at_s": self.budget.spent,
+        }
+        self.state.end_to_end.append(entry)
+        self.last_end_to_end[self.leader_key or ""] = score.seconds
+        best = self.state.best
+        if (
+            measured.verified
+            and measured.seconds is not None
+            and (best is None or measured.seconds < best["measured_s"])
+        ):
+            self.state.best = {
+                "plan": self.leader_key,
+                "measured_s": measured.seconds,
+                "predicted_s": score.seconds,
+                "groups": self.leader.num_groups,
+                "at_s": self.budget.spent,
+            }
+            planned.plan.save(self.folder.plan)
+            measured.executable.export_library(str(self.folder.library))
+            log.info("best verified plan so far: %s", _ms(measured.seconds))
+
+    # -- finish -------------------------------------------------------------------------------
+
+    def _finish(self) -> dict[str, Any]:
+        partition = self._best_partition()
+        planned = self._planned(partition)
+        final = measure_plan(
+            planned, self.store, self.device, self.config.protocol, tvm_default=True
+        )
+        ours = final.seconds
+        best = self.state.best
+        if (
+            final.verified
+            and ours is not None
+            and (best is None or ours <= best["measured_s"] * 1.05)
+        ):
+            planned.plan.save(self.folder.plan)
+            final.executable.export_library(str(self.folder.library))
+        self.state.finished = True
+        summary = self._summary(final=final, interrupted=False)
+        write_json_atomic(summary, self.folder.summary)
+        return summary
+
+    def _best_partition(self) -> Partition:
+        best = self.state.best
+        if best is not None:
+            for key, partition, _ in self.searcher.scored():
+                if key == best["plan"]:
+                    return partition
+        if self.leader is not None:
+            return self.leader
+        ranked = self.searcher.best(1)
+        if ranked:
+            return ranked[0][0]
+        return seed_partition(self.prepared, "tvm").partition
+
+    def _summary(self, final: Any, interrupted: bool) -> dict[str, Any]:
+        ort = tvm_default = ours = None
+        verified, errors = False, []
+        if final is not None and final.bench is not None:
+            ort = runtime_seconds(final.bench, ORT)
+            tvm_default = runtime_seconds(final.bench, TVM_DEFAULT)
+            ours = runtime_seconds(final.bench, OURS)
+            verified, errors = final.verified, list(final.errors)
+        elif self.state.best is not None:
+            ours, verified = self.state.best["measured_s"], True
+        pairs = [
+            (e["predicted_s"], e["measured_s"])
+            for e in self.state.end_to_end
+            if e.get("measured_s") is not None and e.get("verified")
+        ]
+        return {
+            "model": self.imported.path,
+            "device": self.device.name,
+            "device_key": self.device.key,
+            "threads": self.device.threads,
+            "interrupted": interrupted,
+            "finished": self.state.finished,
+            "latency_s": {"onnxruntime": ort, "tvm_default": tvm_default, "ago_search": ours},
+            "speedup": {
+                "vs_onnxruntime": _ratio(ort, ours),
+                "vs_tvm_default": _ratio(tvm_default, ours),
+            },
+            "verified": verified,
+            "errors": errors,
+            "untuned_kernels": list(final.untuned_kernels) if final is not None else [],
+            "budget_s": self.config.budget_s,
+            "spent_s": self.budget.spent,
+            "plans_scored": len(self.searcher.scored()),
+            "plans_suggested": len(self.searcher),
+            "estimator_nodes": getattr(self, "estimator_nodes", 0),
+            "measurements": len(self.store),
+            "measurements_this_run": len(self.store) - self.counters.measurements_before,
+            "end_to_end": self.state.end_to_end,
+            "score_rank_correlation": _spearman(pairs),
+            "best": self.state.best,
+            "outputs": {
+                "plan": str(self.folder.plan),
+                "library": str(self.folder.library),
+                "database": str(self.folder.database),
+            },
+        }
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _planned(self, partition: Partition) -> PlannedModel:
+        plan = Plan.from_assignment(self.prepared.graph, partition.assignment())
+        return plan_model(self.prepared, plan)
+
+    def _learn_measured(self, tasks: list[Task]) -> None:
+        """What the database already holds of new tasks (an earlier run, another plan)."""
+        if not tasks:
+            return
+        for result in task_results(self.store, tasks, self.device.key):
+            if result.trials or result.best_seconds is not None:
+                self.scorer.set_measured(result.key, result.best_seconds, result.trials)
+
+    def _restore_leader(self) -> None:
+        if not self.leader_key:
+            return
+        for key, partition, _ in self.searcher.scored():
+            if key == self.leader_key:
+                self.scorer.add_partitions([partition])
+                self._learn_measured([self.scorer.task(k) for k in self.scorer.tasks_of(partition)])
+                self._set_leader(partition, "resumed")
+                return
+
+    def _save(self) -> None:
+        self.state.spent_s = self.budget.spent
+        self.state.searcher = self.searcher.save()
+        self.state.leader = self.leader_key
+        best = self.searcher.best(1)
+        self.state.history.append(
+            {
+                "at_s": self.budget.spent,
+                "best_predicted_s": best[0][1] if best else None,
+                "best_measured_s": self.state.best["measured_s"] if self.state.best else None,
+                "measurements": len(self.store),
+            }
+        )
+        self.folder.save_state(self.state)
+
+    def _report_progress(self) -> None:
+        if self.on_progress is None:
+            return
+        best = self.searcher.best(1)
+        measured = [e["measured_s"] for e in self.state.end_to_end if e.get("verified")]
+        self.on_progress(
+            {
+                "spent_s": self.budget.spent,
+                "budget_s": self.budget.total,
+                "best_predicted_s": best[0][1] if best else None,
+                "first_measured_s": measured[0] if measured else None,
+                "best_measured_s": self.state.best["measured_s"] if self.state.best else None,
+                "measurements": len(self.store),
+                "plans_scored": len(self.searcher.scored()),
+            }
+        )
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1e3:.4g} ms" if seconds is not None else "-"
+
+
+def _ratio(reference: float | None, ours: float | None) -> float | None:
+    return reference / ours if reference and ours else None
+
+
+def _spearman(pairs: list[tuple[float, float]]) -> float | None:
+    """Rank correlation of predicted vs measured end-to-end latency (None under 3 plans)."""
+    if len(pairs) < 3:
+        return None
+    predicted = np.argsort(np.argsort([p for p, _ in pairs]))
+    measured = np.argsort(np.argsort([m for _, m in pairs]))
+    if predicted.std() == 0 or measured.std() == 0:
+        return None
+    value = float(np.corrcoef(predicted, measured)[0, 1])
+    return value if math.isfinite(value) else None
+
+
+__all__ += ["format_duration"]

@@ -1,0 +1,147 @@
+"""Latency estimates of new tasks, computed on Ray while the driver measures.
+
+Each worker is a Ray actor holding one `LatencyEstimator` (the GNN loaded once, its JIT warm).
+The driver submits tasks and collects what is done between its own steps (`submit`, `poll`),
+so proposing and scoring plans overlaps measuring. An estimate runs under the host's CPU lease
+in shared mode (`ago_search.measure.lease`): it waits while a measurement holds the cores and
+never disturbs one. On a Ray cluster (`--ray-address`) the actors spread over its nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from cost_model.estimate import LatencyEstimator, TaskEstimate
+
+__all__ = ["EstimatorPool", "EstimatorWorker"]
+
+log = logging.getLogger(__name__)
+
+
+class EstimatorWorker:
+    """What runs inside each actor (also usable in-process)."""
+
+    def __init__(
+        self, target: Any, predictor_dir: str | None, samples: int, seed: int, lease: bool
+    ) -> None:
+        from cost_model.predictor import Predictor
+
+        predictor = Predictor.load(predictor_dir) if predictor_dir else None
+        self.estimator = LatencyEstimator(target, predictor, samples=samples, seed=seed)
+        self.lease = lease
+
+    def estimate(self, key: str, mod: Any) -> tuple[str, dict[str, Any]]:
+        if not self.lease:
+            return key, self.estimator.estimate(mod).to_json()
+        from ago_search.measure.lease import host_cpu_lease
+
+        with host_cpu_lease().shared():
+            return key, self.estimator.estimate(mod).to_json()
+
+    def node(self) -> str:
+        """The Ray node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+class EstimatorPool:
+    """`workers` Ray actors estimating tasks for `target` (see the module docstring).
+
+    predictor_dir: a saved GNN (default: the shipped pretrained one). lease: hold the host's
+    CPU lease (shared) while estimating; off when the actors run on other machines' cores.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        workers: int = 1,
+        predictor_dir: str | None = None,
+        samples: int = 64,
+        seed: int = 0,
+        lease: bool = True,
+    ) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("EstimatorPool needs ray.init() first")
+        remote = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=0)(EstimatorWorker)
+        target_json = str(target)
+        self._actors = [
+            remote.remote(target_json, predictor_dir, samples, seed, lease) for _ in range(workers)
+        ]
+        self._next = 0
+        self._running: dict[Any, str] = {}  # object ref -> task key
+        self._submitted: set[str] = set()
+        self.seconds = 0.0
+        self.done = 0
+
+    def submit(self, tasks: Mapping[str, Any]) -> int:
+        """Queue tasks (key -> Task.mod) not submitted before; how many were new. Each actor
+        works through its queue on its own: nothing waits for the driver to poll."""
+        new = 0
+        for key, mod in tasks.items():
+            if key in self._submitted:
+                continue
+            self._submitted.add(key)
+            actor = self._actors[self._next % len(self._actors)]
+            self._next += 1
+            self._running[actor.estimate.remote(key, mod)] = key
+            new += 1
+        return new
+
+    def nodes(self) -> set[str]:
+        """The Ray nodes the actors run on."""
+        import ray
+
+        return set(ray.get([actor.node.remote() for actor in self._actors]))
+
+    @property
+    def workers(self) -> int:
+        return len(self._actors)
+
+    @property
+    def pending(self) -> int:
+        return len(self._running)
+
+    def poll(self, timeout: float = 0.0) -> dict[str, TaskEstimate]:
+        """The estimates finished by now (waiting up to `timeout` s for the first one)."""
+        import ray
+
+        out: dict[str, TaskEstimate] = {}
+        if not self._running:
+            return out
+        refs = list(self._running)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            key = self._running.pop(ref)
+            try:
+                _, data = ray.get(ref)
+                estimate = TaskEstimate.from_json(data)
+            except Exception as exc:  # noqa: BLE001 - a lost actor costs an estimate, not the search
+                log.warning("the estimate of task %s failed: %s", key, exc)
+                estimate = TaskEstimate(None, None, 0, 0.0, f"estimator failed: {exc}")
+            self.seconds += estimate.seconds
+            self.done += 1
+            out[key] = estimate
+        return out
+
+    def drain(self, timeout: float) -> dict[str, TaskEstimate]:
+        """Everything submitted, waiting up to `timeout` s in all."""
+        out: dict[str, TaskEstimate] = {}
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            out.update(self.poll(timeout=max(0.0, deadline - time.monotonic())))
+        return out
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors, self._running = [], {}

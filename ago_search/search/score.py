@@ -1,0 +1,217 @@
+"""A plan's score: its predicted end-to-end latency.
+
+    score = sum over groups of (the group's kernel latency) + calls x launch overhead
+
+A group's kernel latency is its task's (groups with the same PrimFunc share one task):
+
+- tuned (at least `decent_trials` search trials measured on the device): the best measured
+  latency, checked against the untuned kernel's outputs like every record;
+- otherwise: the cost model's estimate of what tuning reaches (`cost_model.estimate`: a low
+  quantile of the GNN's predictions over sampled schedules), calibrated against the tuned
+  tasks: shifted by the median of log(measured best) - log(estimate) over them, so estimates
+  and measurements share one scale; a task measured a little but not tuned yet counts the
+  better of its measurement and its calibrated estimate.
+
+What a plan pays between groups is its kernel launches (`launch_overhead_s` each); the bytes a
+group reads and writes are in its kernel's latency already. Layout transforms will be groups of
+their own (their kernels counted like any other) when layouts arrive.
+
+Groups are turned into tasks once (`fuse_groups`: a group's PrimFunc without fusing the rest
+of the model), so scoring a plan that differs from scored ones in a group or two costs those
+groups only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ago_search.partition import Partition
+from ago_search.pipeline import PreparedModel
+from ago_search.plan import fuse_groups
+from ago_search.schedule.tasks import Task, extract_tasks
+from cost_model.estimate import TaskEstimate
+
+__all__ = ["Calibration", "PlanScore", "PlanScorer"]
+
+# TVM's VM calls a kernel in about 1-3 us on these CPUs.
+DEFAULT_LAUNCH_OVERHEAD_S = 2e-6
+
+
+@dataclass(frozen=True)
+class PlanScore:
+    """seconds: predicted end to end; measured_share: the part of the kernel time that comes
+    from tuned tasks' measurements (1.0: nothing estimated); unknown: tasks with neither a
+    measurement nor an estimate (the score is a lower bound while there are any)."""
+
+    seconds: float
+    kernel_seconds: float
+    launches: int
+    measured_share: float
+    unknown: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "kernel_seconds": self.kernel_seconds,
+            "launches": self.launches,
+            "measured_share": self.measured_share,
+            "unknown": list(self.unknown),
+        }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """log(measured best) ~ estimate + offset, fitted on `tasks` tuned tasks."""
+
+    offset: float = 0.0
+    tasks: int = 0
+
+    def apply(self, log_seconds: float) -> float:
+        return math.exp(log_seconds + self.offset)
+
+
+@dataclass
+class _Measured:
+    best_seconds: float | None
+    trials: int
+
+
+class PlanScorer:
+    """Scores partitions of one prepared model (see the module docstring)."""
+
+    def __init__(
+        self,
+        prepared: PreparedModel,
+        decent_trials: int = 8,
+        launch_overhead_s: float = DEFAULT_LAUNCH_OVERHEAD_S,
+    ) -> None:
+        self.prepared = prepared
+        self.decent_trials = decent_trials
+        self.launch_overhead_s = launch_overhead_s
+        self._group_task: dict[frozenset[str], str | None] = {}
+        self._tasks: dict[str, Task] = {}
+        self._estimates: dict[str, TaskEstimate] = {}
+        self._measured: dict[str, _Measured] = {}
+        self._calibration = Calibration()
+
+    # -- groups -> tasks -----------------------------------------------------------------------
+
+    def add_partitions(self, partitions: Iterable[Partition]) -> list[Task]:
+        """Make the tasks of every group of `partitions` not seen before; the new tasks."""
+        new_groups: list[tuple[str, ...]] = []
+        pending: set[frozenset[str]] = set()
+        for partition in partitions:
+            for group in partition.group_ids:
+                members = partition.groups[group]
+                if members not in self._group_task and members not in pending:
+                    pending.add(members)
+                    new_groups.append(partition.nodes_of(group))
+        if not new_groups:
+            return []
+        prepared = self.prepared
+        mod, names = fuse_groups(prepared.legalized, prepared.graph, new_groups, prepared.target)
+        by_name = {
+            name: task for task in extract_tasks(mod, prepared.target) for name in task.groups
+        }
+        new_tasks: list[Task] = []
+        for nodes, name in zip(new_groups, names, strict=True):
+            task = by_name.get(name) if name is not None else None
+            self._group_task[frozenset(nodes)] = task.key if task is not None else None
+            if task is not None and task.key not in self._tasks:
+                self._tasks[task.key] = task
+                new_tasks.append(task)
+        return new_tasks
+
+    def task(self, key: str) -> Task:
+        return self._tasks[key]
+
+    def tasks_of(self, partition: Partition) -> dict[str, int]:
+        """task key -> calls, for the kernels of `partition` (after `add_partitions`)."""
+        calls: dict[str, int] = {}
+        for group in partition.group_ids:
+            key = self._group_task[partition.groups[group]]
+            if key is not None:
+                calls[key] = calls.get(key, 0) + 1
+        return calls
+
+    # -- what is known of tasks ----------------------------------------------------------------
+
+    def needs_estimate(self, keys: Iterable[str]) -> list[str]:
+        return [k for k in dict.fromkeys(keys) if k not in self._estimates and not self._tuned(k)]
+
+    def set_estimate(self, key: str, estimate: TaskEstimate) -> None:
+        self._estimates[key] = estimate
+
+    def estimates(self) -> Mapping[str, TaskEstimate]:
+        return self._estimates
+
+    def set_measured(self, key: str, best_seconds: float | None, trials: int) -> None:
+        """The task's best ok latency on the device (None: none yet) and its search trials."""
+        self._measured[key] = _Measured(best_seconds, trials)
+        self._calibration = self._fit_calibration()
+
+    @property
+    def calibration(self) -> Calibration:
+        return self._calibration
+
+    def task_seconds(self, key: str) -> tuple[float | None, bool]:
+        """(latency of one call, whether it is a tuned task's measurement)."""
+        measured = self._measured.get(key)
+        if self._tuned(key):
+            return measured.best_seconds, True  # type: ignore[union-attr]
+        estimate = self._estimates.get(key)
+        guess = (
+            self._calibration.apply(estimate.log_seconds)
+            if estimate is not None and estimate.log_seconds is not None
+            else None
+        )
+        seen = measured.best_seconds if measured is not None else None
+        options = [s for s in (guess, seen) if s is not None]
+        return (min(options) if options else None), False
+
+    # -- scores --------------------------------------------------------------------------------
+
+    def score(self, partition: Partition) -> PlanScore:
+        kernel, measured, launches, unknown = 0.0, 0.0, 0, []
+        for key, calls in self.tasks_of(partition).items():
+            seconds, tuned = self.task_seconds(key)
+            launches += calls
+            if seconds is None:
+                unknown.append(key)
+                continue
+            kernel += calls * seconds
+            if tuned:
+                measured += calls * seconds
+        total = kernel + launches * self.launch_overhead_s
+        share = measured / kernel if kernel > 0 else 0.0
+        return PlanScore(total, kernel, launches, share, tuple(unknown))
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _tuned(self, key: str) -> bool:
+        measured = self._measured.get(key)
+        return (
+            measured is not None
+            and measured.best_seconds is not None
+            and measured.trials >= self.decent_trials
+        )
+
+    def _fit_calibration(self) -> Calibration:
+        diffs = []
+        for key, measured in self._measured.items():
+            estimate = self._estimates.get(key)
+            if (
+                self._tuned(key)
+                and estimate is not None
+                and estimate.log_seconds is not None
+                and measured.best_seconds
+            ):
+                diffs.append(math.log(measured.best_seconds) - estimate.log_seconds)
+        if not diffs:
+            return Calibration()
+        return Calibration(float(np.median(diffs)), len(diffs))

@@ -1,0 +1,184 @@
+"""The plan searcher: proposes partitions and learns from their scores, the way Ray Tune's
+`Searcher` does (`suggest`, `on_result`, `save`, `restore`). It knows nothing of how a plan is
+scored, built or measured: the driver asks it for candidates, scores them (predicted or
+measured end-to-end latency, lower is better) and tells it.
+
+Strategy: an evolutionary local search over `PlanSpace`. The seeds come first (TVM's fusion,
+DNNFusion's, AGO's intensive one); after that each suggestion is a few random moves away from
+a parent drawn from the best scored plans (a tournament: better plans are drawn more often,
+every kept plan now and then). A partition is suggested once; a score given again for a known
+partition (scores change as measurements replace estimates) replaces the old one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ago_search.partition import Partition
+from ago_search.search.space import PlanSpace
+
+__all__ = ["PlanSearcher", "Suggestion"]
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A partition to score; `origin` says where it came from ("seed:tvm", "merge+split")."""
+
+    partition: Partition
+    origin: str
+
+    @property
+    def key(self) -> str:
+        return self.partition.fingerprint()
+
+
+@dataclass
+class _Entry:
+    partition: Partition
+    origin: str
+    score: float | None = None
+
+
+class PlanSearcher:
+    """space: the plan space; seeds: name -> partition (fitted to the space's limits first);
+    population: how many of the best plans are kept as parents; seed: the random seed."""
+
+    def __init__(
+        self,
+        space: PlanSpace,
+        seeds: Mapping[str, Partition],
+        population: int = 12,
+        tournament: int = 3,
+        max_moves: int = 3,
+        seed: int = 0,
+    ) -> None:
+        self.space = space
+        self.population = population
+        self.tournament = tournament
+        self.max_moves = max_moves
+        self._rng = random.Random(seed)
+        self._entries: dict[str, _Entry] = {}
+        self._queue: list[Suggestion] = []
+        for name, partition in seeds.items():
+            fitted = space.fit_to_limits(partition)
+            origin = f"seed:{name}" + ("" if fitted == partition else "(cut to the limits)")
+            if fitted.fingerprint() not in {s.key for s in self._queue}:
+                self._queue.append(Suggestion(fitted, origin))
+
+    # -- the Searcher interface ----------------------------------------------------------------
+
+    def suggest(self, count: int) -> list[Suggestion]:
+        """Up to `count` partitions never suggested before (fewer when the space around the
+        kept plans seems exhausted)."""
+        out: list[Suggestion] = []
+        while self._queue and len(out) < count:
+            suggestion = self._queue.pop(0)
+            if suggestion.key not in self._entries:
+                self._entries[suggestion.key] = _Entry(suggestion.partition, suggestion.origin)
+                out.append(suggestion)
+        attempts = 0
+        while len(out) < count and attempts < 20 * count:
+            attempts += 1
+            parent = self._draw_parent()
+            if parent is None:
+                break
+            child, moves = parent.partition, []
+            for _ in range(1 + self._geometric()):
+                step = self.space.neighbour(child, self._rng)
+                if step is None:
+                    break
+                child, kind = step
+                moves.append(kind)
+            key = child.fingerprint()
+            if not moves or key in self._entries:
+                continue
+            self._entries[key] = _Entry(child, "+".join(moves))
+            out.append(Suggestion(child, "+".join(moves)))
+        return out
+
+    def on_result(self, key: str, score: float | None) -> None:
+        """The score (seconds, lower is better; None: could not be scored) of a suggested
+        partition; given again, it replaces the earlier one."""
+        entry = self._entries.get(key)
+        if entry is None:
+            raise KeyError(f"partition {key} was never suggested")
+        entry.score = score
+
+    def best(self, count: int = 1) -> list[tuple[Partition, float, str]]:
+        """The best scored partitions: (partition, score, origin), best first."""
+        scored = [e for e in self._entries.values() if e.score is not None]
+        scored.sort(key=lambda e: e.score)  # type: ignore[arg-type, return-value]
+        return [(e.partition, float(e.score), e.origin) for e in scored[:count]]  # type: ignore[arg-type]
+
+    def scored(self) -> list[tuple[str, Partition, float]]:
+        """Every scored partition: (key, partition, score)."""
+        return [(k, e.partition, e.score) for k, e in self._entries.items() if e.score is not None]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """Plain JSON-ready state: every partition suggested, its origin and score."""
+        return {
+            "version": STATE_VERSION,
+            "rng": _rng_to_json(self._rng.getstate()),
+            "entries": [
+                {"partition": e.partition.to_dict(), "origin": e.origin, "score": e.score}
+                for e in self._entries.values()
+            ],
+            "queue": [
+                {"partition": s.partition.to_dict(), "origin": s.origin} for s in self._queue
+            ],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from `save()`'s state (of the same graph)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"searcher state version {state.get('version')!r} is unknown")
+        graph = self.space.graph
+        self._rng.setstate(_rng_from_json(state["rng"]))
+        self._entries = {}
+        for item in state["entries"]:
+            partition = Partition.from_dict(graph, item["partition"])
+            self._entries[partition.fingerprint()] = _Entry(
+                partition, item["origin"], item.get("score")
+            )
+        self._queue = [
+            Suggestion(Partition.from_dict(graph, item["partition"]), item["origin"])
+            for item in state.get("queue", [])
+        ]
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _draw_parent(self) -> _Entry | None:
+        scored = sorted(
+            (e for e in self._entries.values() if e.score is not None),
+            key=lambda e: e.score,  # type: ignore[arg-type, return-value]
+        )[: self.population]
+        if not scored:
+            return None
+        picks = [self._rng.randrange(len(scored)) for _ in range(self.tournament)]
+        return scored[min(picks)]
+
+    def _geometric(self) -> int:
+        extra = 0
+        while extra < self.max_moves - 1 and self._rng.random() < 0.4:
+            extra += 1
+        return extra
+
+
+def _rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(data: Sequence) -> tuple:
+    version, internal, gauss = data
+    return (version, tuple(internal), gauss)

@@ -1,0 +1,170 @@
+"""The search's output folder and the state that lets a stopped search go on.
+
+    OUT/tuning.db          every measurement (SQLite, committed one by one: a kill -9 loses none)
+    OUT/search-state.json  what the search knows besides: the model it is for, the budget spent,
+                           the searcher's plans and scores, the task estimates, end-to-end
+                           measurements; rewritten atomically after every step
+    OUT/plan.json          the best verified plan so far (and at the end)
+    OUT/model.so           its compiled library, loadable with the TVM runtime alone
+    OUT/summary.json       latencies of ONNX Runtime, TVM's default build and the plan found,
+                           each verified against ONNX Runtime; written when the search finishes
+
+A folder made for another model (or another device) is refused with a message that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ago_search.errors import AgoSearchError
+
+__all__ = ["OutputFolder", "SearchState", "write_json_atomic"]
+
+STATE_FORMAT = "ago-search-state"
+STATE_VERSION = 1
+
+
+class OutputFolderError(AgoSearchError):
+    """The output folder belongs to another model or device, or its state is damaged."""
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    """Write JSON so that a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as stream:
+            json.dump(data, stream, indent=1)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class SearchState:
+    """Everything a search keeps besides the tuning database (see the module docstring)."""
+
+    model: dict[str, Any]  # path, graph fingerprint, input shapes
+    device_key: str
+    budget_s: float
+    spent_s: float = 0.0
+    searcher: dict[str, Any] | None = None
+    estimates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    end_to_end: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    leader: str | None = None
+    finished: bool = False
+    end_to_end_s: float | None = None  # how long timing a plan end to end took
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "model": self.model,
+            "device_key": self.device_key,
+            "budget_s": self.budget_s,
+            "spent_s": self.spent_s,
+            "searcher": self.searcher,
+            "estimates": self.estimates,
+            "end_to_end": self.end_to_end,
+            "best": self.best,
+            "history": self.history,
+            "leader": self.leader,
+            "finished": self.finished,
+            "end_to_end_s": self.end_to_end_s,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any], source: str) -> SearchState:
+        if data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+            raise OutputFolderError(
+                f"{source} is not a search state this version reads (format "
+                f"{data.get('format')!r} version {data.get('version')!r}); give another --out"
+            )
+        return SearchState(
+            model=dict(data["model"]),
+            device_key=str(data["device_key"]),
+            budget_s=float(data["budget_s"]),
+            spent_s=float(data.get("spent_s", 0.0)),
+            searcher=data.get("searcher"),
+            estimates=dict(data.get("estimates", {})),
+            end_to_end=list(data.get("end_to_end", [])),
+            best=data.get("best"),
+            history=list(data.get("history", [])),
+            leader=data.get("leader"),
+            finished=bool(data.get("finished", False)),
+            end_to_end_s=data.get("end_to_end_s"),
+        )
+
+
+class OutputFolder:
+    """The paths of one search's output folder (see the module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def database(self) -> Path:
+        return self.path / "tuning.db"
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "search-state.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def library(self) -> Path:
+        return self.path / "model.so"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    def prepare(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputFolderError(
+                f"--out {self.path}: a file, not a folder; give a folder for the search's output"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def load_state(self, model: Mapping[str, Any], device_key: str) -> SearchState | None:
+        """The state of an earlier search of the same model and device in this folder (None:
+        a new folder); raises OutputFolderError for another model's or device's folder."""
+        if not self.state_file.exists():
+            return None
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise OutputFolderError(
+                f"--out {self.path}: {self.state_file.name} is damaged ({exc}); give another --out"
+            ) from exc
+        state = SearchState.from_json(data, str(self.state_file))
+        if state.model.get("graph") != model.get("graph"):
+            raise OutputFolderError(
+                f"--out {self.path} holds a search of another model "
+                f"({state.model.get('path')}, inputs {state.model.get('inputs')}); give another "
+                "--out, or delete the folder to start over"
+            )
+        if state.device_key != device_key:
+            raise OutputFolderError(
+                f"--out {self.path} holds a search for device {state.device_key}, not "
+                f"{device_key}; give another --out for this device"
+            )
+        return state
+
+    def save_state(self, state: SearchState) -> None:
+        write_json_atomic(state.to_json(), self.state_file)

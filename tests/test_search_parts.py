@@ -1,0 +1,153 @@
+"""The search's parts on their own: budget, plan space, searcher, plan score (no tuning)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import networkx as nx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ago_search.errors import AgoSearchError
+from ago_search.partition import quotient_graph
+from ago_search.pipeline import import_model, prepare_model, seed_partition
+from ago_search.devices import host_target
+from ago_search.search.budget import Budget, format_duration, parse_budget
+from ago_search.search.score import PlanScorer
+from ago_search.search.searcher import PlanSearcher
+from ago_search.search.space import GroupLimits, PlanSpace
+from cost_model.estimate import TaskEstimate
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("45s", 45), ("20m", 1200), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("90", 90)],
+)
+def test_budgets_parse(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2x", "-5m", "h", "1h1h", "0s", "two hours"])
+def test_bad_budgets_name_the_text_and_the_forms(text):
+    with pytest.raises(AgoSearchError, match=r"--budget .*45s, 20m, 2h or 1h30m"):
+        parse_budget(text)
+
+
+def test_budget_counts_what_earlier_runs_spent():
+    budget = Budget(100.0, spent_before=70.0)
+    assert 70.0 <= budget.spent < 71.0
+    assert 29.0 < budget.left <= 30.0
+    assert not budget.expired(reserve=20.0) and budget.expired(reserve=31.0)
+    assert format_duration(3725) == "1h02m" and format_duration(185) == "3m05s"
+
+
+@pytest.fixture(scope="module")
+def squeezenet(zoo):
+    entry = zoo["squeezenet"]
+    imported = import_model(entry["path"], entry["inputs"])
+    return prepare_model(imported, host_target())
+
+
+def _acyclic(graph, partition) -> bool:
+    return nx.is_directed_acyclic_graph(quotient_graph(graph, partition.assignment()))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_moves_stay_acyclic_and_within_the_limits(squeezenet, seed):
+    graph = squeezenet.graph
+    limits = GroupLimits(max_ops=6, max_complex=2, max_working_set=2 << 20)
+    space = PlanSpace(graph, limits)
+    partition = space.fit_to_limits(seed_partition(squeezenet, "intensive").partition)
+    assert space.fits(partition)
+    rng = random.Random(seed)
+    for _ in range(10):
+        step = space.neighbour(partition, rng)
+        assert step is not None
+        partition, kind = step
+        assert kind in ("merge", "split", "move")
+        assert _acyclic(graph, partition)
+        assert space.fits(partition)
+
+
+def test_fit_to_limits_cuts_big_seed_groups(squeezenet):
+    space = PlanSpace(squeezenet.graph, GroupLimits(max_ops=3, max_complex=1))
+    intensive = seed_partition(squeezenet, "intensive").partition
+    assert not space.fits(intensive)
+    fitted = space.fit_to_limits(intensive)
+    assert space.fits(fitted) and _acyclic(squeezenet.graph, fitted)
+    assert fitted.num_groups > intensive.num_groups
+
+
+def _searcher(prepared, seed=3):
+    space = PlanSpace(prepared.graph)
+    seeds = {n: seed_partition(prepared, n).partition for n in ("tvm", "dnnfusion", "intensive")}
+    return PlanSearcher(space, seeds, seed=seed)
+
+
+def _fake_score(partition) -> float:
+    """A deterministic stand-in score: fewer groups are better, with a twist."""
+    return partition.num_groups + int(partition.fingerprint()[:4], 16) / 65536
+
+
+def test_searcher_suggests_seeds_first_then_new_partitions_and_learns(squeezenet):
+    searcher = _searcher(squeezenet)
+    first = searcher.suggest(5)
+    assert [s.origin.split("(")[0] for s in first[:3]] == ["seed:tvm", "seed:dnnfusion", "seed:intensive"]
+    for s in first:
+        searcher.on_result(s.key, _fake_score(s.partition))
+    seen = {s.key for s in first}
+    for _ in range(5):
+        batch = searcher.suggest(6)
+        assert batch and not {s.key for s in batch} & seen
+        seen |= {s.key for s in batch}
+        for s in batch:
+            searcher.on_result(s.key, _fake_score(s.partition))
+    best = searcher.best(3)
+    assert [b[1] for b in best] == sorted(_fake_score(p) for p, _, _ in best)
+    assert best[0][1] == min(_fake_score(p) for _, p, _ in searcher.scored())
+    with pytest.raises(KeyError):
+        searcher.on_result("not-a-key", 1.0)
+
+
+def test_searcher_state_round_trips_and_continues_the_same_way(squeezenet):
+    one = _searcher(squeezenet)
+    for _ in range(3):
+        for s in one.suggest(6):
+            one.on_result(s.key, _fake_score(s.partition))
+    state = one.save()
+    two = _searcher(squeezenet, seed=99)
+    two.restore(state)
+    assert {k for k, _, _ in two.scored()} == {k for k, _, _ in one.scored()}
+    assert [s.key for s in two.suggest(6)] == [s.key for s in one.suggest(6)]
+
+
+def test_scorer_sums_calls_and_calibrates_on_tuned_tasks(squeezenet):
+    scorer = PlanScorer(squeezenet, decent_trials=4, launch_overhead_s=1e-6)
+    partition = seed_partition(squeezenet, "tvm").partition
+    tasks = scorer.add_partitions([partition])
+    calls = scorer.tasks_of(partition)
+    assert set(calls) == {t.key for t in tasks}
+    assert sum(calls.values()) == partition.num_groups  # every group is one kernel here
+    assert scorer.score(partition).unknown  # nothing known yet
+    keys = sorted(calls)
+    for i, key in enumerate(keys):
+        scorer.set_estimate(key, TaskEstimate(math.log(1e-4 * (i + 1)), None, 64, 0.1))
+    estimated = scorer.score(partition)
+    assert not estimated.unknown and estimated.measured_share == 0.0
+    expected = sum(calls[k] * 1e-4 * (i + 1) for i, k in enumerate(keys))
+    assert estimated.kernel_seconds == pytest.approx(expected)
+    assert estimated.seconds == pytest.approx(expected + 1e-6 * sum(calls.values()))
+    # two tasks tuned, both measured 2x slower than estimated: the rest is shifted by log 2
+    for i in (0, 1):
+        scorer.set_measured(keys[i], 2 * 1e-4 * (i + 1), trials=8)
+    assert scorer.calibration.offset == pytest.approx(math.log(2))
+    assert scorer.calibration.tasks == 2
+    calibrated = scorer.score(partition)
+    assert calibrated.kernel_seconds == pytest.approx(2 * expected)
+    assert 0 < calibrated.measured_share < 1
+    # a task measured a little (under decent_trials) counts the better of both
+    scorer.set_measured(keys[2], 1e-9, trials=1)
+    assert scorer.task_seconds(keys[2]) == (1e-9, False)
