@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ago_search.devices import host_target
 from ago_search.errors import AgoSearchError
 from ago_search.partition import quotient_graph
 from ago_search.pipeline import import_model, prepare_model, seed_partition
-from ago_search.devices import host_target
 from ago_search.search.budget import Budget, format_duration, parse_budget
 from ago_search.search.score import PlanScorer
 from ago_search.search.searcher import PlanSearcher
@@ -95,7 +95,11 @@ def _fake_score(partition) -> float:
 def test_searcher_suggests_seeds_first_then_new_partitions_and_learns(squeezenet):
     searcher = _searcher(squeezenet)
     first = searcher.suggest(5)
-    assert [s.origin.split("(")[0] for s in first[:3]] == ["seed:tvm", "seed:dnnfusion", "seed:intensive"]
+    assert [s.origin.split("(")[0] for s in first[:3]] == [
+        "seed:tvm",
+        "seed:dnnfusion",
+        "seed:intensive",
+    ]
     for s in first:
         searcher.on_result(s.key, _fake_score(s.partition))
     seen = {s.key for s in first}
