@@ -27,6 +27,8 @@ class TuningConfig:
         untried task in `first_pass_fraction` of the remaining budget, at most
         `max_round_trials`; for MetaSchedule's schedulers its default, 64.
     population_size: of the evolutionary search (TVM_NOTES.md: 128 on 2 cores).
+    genetic_iters: its rounds of mutation scored by the cost model before a round's
+        candidates are picked (MetaSchedule's default 4).
     search: "evolutionary" (MetaSchedule's EvolutionarySearch, ranked by the cost model) or
         "replay" (ReplayTrace: plain random samples of the design space, no cost model; what
         trace collection wants for unbiased samples, at a fraction of the search's CPU).
@@ -43,6 +45,7 @@ class TuningConfig:
     first_pass_fraction: float = 0.5
     max_round_trials: int = 16
     population_size: int = 128
+    genetic_iters: int = 4
     search: str = "evolutionary"
     verify: bool = True
     measure_untuned: bool = True

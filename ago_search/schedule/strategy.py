@@ -33,10 +33,12 @@ log = logging.getLogger(__name__)
 
 def make_search_strategy(config: TuningConfig) -> ms.search_strategy.SearchStrategy:
     """The search `config.search` names: "replay" (ReplayTrace) or "evolutionary"
-    (EvolutionarySearch with `config.population_size`)."""
+    (EvolutionarySearch with `config.population_size` and `config.genetic_iters`)."""
     if config.search == "replay":
         return ms.search_strategy.ReplayTrace()
-    return ms.search_strategy.EvolutionarySearch(population_size=config.population_size)
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=config.population_size, genetic_num_iters=config.genetic_iters
+    )
 
 
 @dataclass

@@ -70,7 +70,9 @@ class SearchConfig:
     slice_s: seconds of tuning between two looks at the plans (None: 5 % of the budget, 20 to
     120 s). suggest_batch: partitions suggested at a time. estimator_workers: Ray actors that
     estimate tasks (None: one per two CPUs Ray has, at least one). samples: schedules sampled
-    per task estimate. switch_margin: how much better a plan's score must be to take the lead.
+    per task estimate. switch_margin: how much better a plan's score must be to take the lead
+    (early_switch_margin while the leader's first pass is not done). explore_share: the most
+    CPU time estimating may take, as a share of the wall time.
     round_trials: candidates measured per round of a task (the first pass gives every task of
     the leading plan one round before any gets a second).
     end_to_end_share: a leader is timed end to end once at least this share of its predicted
@@ -85,6 +87,8 @@ class SearchConfig:
     estimator_workers: int | None = None
     samples: int = 64
     switch_margin: float = 0.03
+    early_switch_margin: float = 0.2
+    explore_share: float = 0.25
     round_trials: int = 8
     end_to_end_share: float = 0.9
     limits: GroupLimits = field(default_factory=GroupLimits)
@@ -207,7 +211,7 @@ class _Search:
         previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         interrupted = False
         try:
-            self._restore_leader()
+            self._restore(pool)
             while not self.budget.expired(self._reserve()) and not self.stop_requested:
                 self._propose(pool)
                 self._collect(pool, wait=0.0 if self.leader is not None else 5.0)
@@ -254,7 +258,14 @@ class _Search:
     # -- steps --------------------------------------------------------------------------------
 
     def _propose(self, pool: EstimatorPool) -> None:
+        # The split between proposing and measuring: estimating shares the cores with the
+        # tuning's own search and builds, so its CPU time is held to `explore_share` of the
+        # wall time spent (the seeds are always estimated).
         if pool.pending >= 2 * pool.workers:
+            return
+        if len(self.searcher) >= 3 and pool.seconds > self.config.explore_share * (
+            self.budget.spent - self.budget.spent_before
+        ):
             return
         suggestions = self.searcher.suggest(self.config.suggest_batch)
         if not suggestions:
@@ -299,7 +310,12 @@ class _Search:
         if partition == self.leader:
             return
         current = self.scorer.score(self.leader)
-        if current.unknown or score < current.seconds * (1 - self.config.switch_margin):
+        # Every task of the leader decent first: while its first pass is not done a challenger
+        # must be clearly better, or switching would leave both plans half tuned.
+        margin = self.config.switch_margin
+        if current.measured_share < self.config.end_to_end_share:
+            margin = max(margin, self.config.early_switch_margin)
+        if current.unknown or score < current.seconds * (1 - margin):
             self._set_leader(partition, origin)
 
     def _set_leader(self, partition: Partition, why: str) -> None:
@@ -500,15 +516,22 @@ class _Search:
             if result.trials or result.best_seconds is not None:
                 self.scorer.set_measured(result.key, result.best_seconds, result.trials)
 
-    def _restore_leader(self) -> None:
-        if not self.leader_key:
+    def _restore(self, pool: EstimatorPool) -> None:
+        """A resumed search: the restored plans' tasks known again (estimates from the state,
+        measurements from the database), those not scored yet back in flight, the leader."""
+        scored = self.searcher.scored()
+        unscored = self.searcher.unscored()
+        partitions = [p for _, p, _ in scored] + [s.partition for s in unscored]
+        if not partitions:
             return
-        for key, partition, _ in self.searcher.scored():
+        tasks = self.scorer.add_partitions(partitions)
+        self._learn_measured(tasks)
+        keys = [k for p in partitions for k in self.scorer.tasks_of(p)]
+        pool.submit({k: self.scorer.task(k).mod for k in self.scorer.needs_estimate(keys)})
+        self.pending.extend(unscored)
+        for key, partition, _ in scored:
             if key == self.leader_key:
-                self.scorer.add_partitions([partition])
-                self._learn_measured([self.scorer.task(k) for k in self.scorer.tasks_of(partition)])
                 self._set_leader(partition, "resumed")
-                return
 
     def _save(self) -> None:
         self.state.spent_s = self.budget.spent

@@ -142,7 +142,8 @@ class PlanScorer:
     # -- what is known of tasks ----------------------------------------------------------------
 
     def needs_estimate(self, keys: Iterable[str]) -> list[str]:
-        return [k for k in dict.fromkeys(keys) if k not in self._estimates and not self._tuned(k)]
+        """The tasks among `keys` without an estimate (tuned ones too: they calibrate)."""
+        return [k for k in dict.fromkeys(keys) if k not in self._estimates]
 
     def set_estimate(self, key: str, estimate: TaskEstimate) -> None:
         self._estimates[key] = estimate

@@ -119,6 +119,12 @@ class PlanSearcher:
         """Every scored partition: (key, partition, score)."""
         return [(k, e.partition, e.score) for k, e in self._entries.items() if e.score is not None]
 
+    def unscored(self) -> list[Suggestion]:
+        """Partitions suggested and not scored yet (after a restore: those in flight)."""
+        return [
+            Suggestion(e.partition, e.origin) for e in self._entries.values() if e.score is None
+        ]
+
     def __len__(self) -> int:
         return len(self._entries)
 
