@@ -11,8 +11,9 @@ after another (never two at once: measurements must not share the cores with any
 
 - "onnxruntime", "tvm-default": no tuning (timed in the benchmark below);
 - "metaschedule": MetaSchedule alone, `tune_relax`'s steps on TVM's default fusion with its
-  defaults, in a worker process stopped when the budget is spent (scripts/metaschedule_alone.py:
-  how it is bounded, the builder fix, the one other change); built with
+  defaults, in a worker process that starts no round after the budget and then measures the
+  rounds it has in flight, which its tuning time counts (scripts/metaschedule_alone.py: how it
+  is bounded, the builder fix, the one other change); built with
   `ms.relax_integration.compile_relax` on the unfused imported module;
 - "tune-tasks": ours on TVM's default fusion (`load_planned(..., "tvm")`): `tune_tasks` with the
   GNN cost model and a deadline at the budget; built with `compile_plan_tuned`;

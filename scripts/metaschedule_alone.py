@@ -51,6 +51,7 @@ import tvm  # noqa: E402
 from tvm.ir.utils import derived_object  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback  # noqa: E402
+from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy  # noqa: E402
 
 from ago_search.build import TunedBuild, apply_schedules  # noqa: E402
 from ago_search.database.records import MS_FAILURE_SECONDS  # noqa: E402
@@ -68,6 +69,8 @@ RECORDS = "database_tuning_record.json"
 # A trial count MetaSchedule never reaches: the budget stops it.
 UNREACHABLE_TRIALS = 10_000_000
 STOP_GRACE_S = 10.0
+# After its budget MetaSchedule measures the rounds it has in flight; past this it is stopped.
+DRAIN_LIMIT_S = 600.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +183,42 @@ def build_without_intrinsics(mod: tvm.IRModule, target: tvm.target.Target, _para
     return compile_candidate(mod, target)
 
 
-def tune(model: str, shapes: dict[str, list[int]], work_dir: Path, seed: int) -> None:
+@derived_object
+class StopAt(PySearchStrategy):
+    """MetaSchedule's own search of a task, asked for no new round after `deadline` (Unix
+    time): its scheduler then joins the rounds still being measured and ends by itself, so what
+    was measured is in its database (a kill would lose the rounds its asynchronous runner still
+    holds: with 30+ tasks it joins a task's results only when it comes back to that task)."""
+
+    def __init__(self, inner: Any, deadline: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.deadline = deadline
+
+    def _initialize_with_tune_context(self, context: Any) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self) -> Any:
+        if time.time() >= self.deadline:
+            return None
+        return self.inner.generate_measure_candidates()
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self) -> StopAt:
+        return StopAt(self.inner.clone(), self.deadline)
+
+
+def tune(
+    model: str, shapes: dict[str, list[int]], work_dir: Path, seed: int, budget_s: float
+) -> None:
     """tune_relax's steps on TVM's default fusion of `model`, until stopped from outside."""
     from ago_search.devices import detect_host
     from ago_search.pipeline import import_model
@@ -195,8 +233,8 @@ def tune(model: str, shapes: dict[str, list[int]], work_dir: Path, seed: int) ->
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted, str(work_dir), seed=seed
     )
-    kept, kept_weights, dropped = [], [], []
-    for context, weight in zip(contexts, weights, strict=True):
+    kept, kept_weights, kept_extracted, dropped = [], [], [], []
+    for context, weight, task in zip(contexts, weights, extracted, strict=True):
         probe = ms.TuneContext(
             mod=context.mod,
             target=context.target,
@@ -213,6 +251,7 @@ def tune(model: str, shapes: dict[str, list[int]], work_dir: Path, seed: int) ->
             continue
         kept.append(context)
         kept_weights.append(weight)
+        kept_extracted.append(task)
     _append_json_line(
         timeline,
         {
@@ -226,6 +265,14 @@ def tune(model: str, shapes: dict[str, list[int]], work_dir: Path, seed: int) ->
         },
     )
     cores = kept[0].num_threads
+    deadline = time.time() + budget_s
+    # the same contexts, their (default) evolutionary search asked for no round past the budget
+    kept, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        kept_extracted,
+        str(work_dir),
+        strategy=StopAt(ms.search_strategy.EvolutionarySearch(), deadline),
+        seed=seed,
+    )
     ms.tune.tune_tasks(
         tasks=kept,
         task_weights=kept_weights,
@@ -246,9 +293,10 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", required=True, help="JSON: input name -> shape")
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-s", type=float, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    tune(args.model, json.loads(args.shapes), args.work_dir, args.seed)
+    tune(args.model, json.loads(args.shapes), args.work_dir, args.seed, args.budget_s)
     return 0
 
 
@@ -288,6 +336,8 @@ def run_bounded(
         str(work_dir),
         "--seed",
         str(seed),
+        "--budget-s",
+        str(budget_s),
     ]
     # MetaSchedule's build and run pools are `python -m` processes: they find the repo here.
     env = {
@@ -308,7 +358,9 @@ def run_bounded(
         try:
             started = _wait_for_tuning(worker, timeline, launched + startup_timeout_s)
             if started is not None:
-                deadline = started + budget_s
+                # it starts no round after the budget; the rounds it still measures may take
+                # a while (counted in tuning_s), a hung worker is stopped after DRAIN_LIMIT_S
+                deadline = started + budget_s + DRAIN_LIMIT_S
                 while worker.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.5)
             stopped_at = time.monotonic()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fresh machine -> the main job on a bundled example: install, generate the example model,
-# show what is inside it, and bench ONNX Runtime against TVM's default build on it, verified.
+# show what is inside it, and search its partitions, fusion and schedules within a budget
+# (BUDGET=10m by default); the search ends timing ONNX Runtime, TVM's default build and the
+# plan it found side by side, verified against ONNX Runtime, and writes out/<model>/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,4 +14,4 @@ mkdir -p out
 # shellcheck disable=SC2086
 .venv/bin/ago-search inspect "datasets/zoo/$MODEL.onnx" $SHAPES
 # shellcheck disable=SC2086
-.venv/bin/ago-search bench "datasets/zoo/$MODEL.onnx" $SHAPES --json "out/bench-$MODEL.json"
+.venv/bin/ago-search "datasets/zoo/$MODEL.onnx" $SHAPES --budget "${BUDGET:-10m}" --out "out/$MODEL"

@@ -71,8 +71,9 @@ class SearchConfig:
     120 s). suggest_batch: partitions suggested at a time. estimator_workers: Ray actors that
     estimate tasks (None: one per two CPUs Ray has, at least one). samples: schedules sampled
     per task estimate. switch_margin: how much better a plan's score must be to take the lead
-    (early_switch_margin while the leader's first pass is not done). explore_share: the most
-    CPU time estimating may take, as a share of the wall time.
+    (early_switch_margin while the leader's first pass is not done; None: no switch before
+    it is done). explore_share: the most CPU time estimating may take, as a share of the wall
+    time.
     round_trials: candidates measured per round of a task (the first pass gives every task of
     the leading plan one round before any gets a second).
     end_to_end_share: a leader is timed end to end once at least this share of its predicted
@@ -87,9 +88,9 @@ class SearchConfig:
     estimator_workers: int | None = None
     samples: int = 64
     switch_margin: float = 0.03
-    early_switch_margin: float = 0.2
-    explore_share: float = 0.25
-    round_trials: int = 8
+    early_switch_margin: float | None = None
+    explore_share: float = 0.15
+    round_trials: int = 16
     end_to_end_share: float = 0.9
     limits: GroupLimits = field(default_factory=GroupLimits)
     protocol: MeasureProtocol | None = None
@@ -313,7 +314,9 @@ class _Search:
         # Every task of the leader decent first: while its first pass is not done a challenger
         # must be clearly better, or switching would leave both plans half tuned.
         margin = self.config.switch_margin
-        if current.measured_share < self.config.end_to_end_share:
+        if current.measured_share < self.config.end_to_end_share and not current.unknown:
+            if self.config.early_switch_margin is None:
+                return
             margin = max(margin, self.config.early_switch_margin)
         if current.unknown or score < current.seconds * (1 - margin):
             self._set_leader(partition, origin)
