@@ -74,9 +74,12 @@ def _search_records(db: Path) -> list[tuple[str, str]]:
         return list(conn.execute(f"select task_key, {trace} from records"))
 
 
-def _wait_for_records(db: Path, more_than: int, timeout: float) -> int:
+def _wait_for_records(db: Path, more_than: int, timeout: float, proc=None) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            stderr = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"the search exited ({proc.returncode}) early: {stderr[-3000:]}")
         if db.exists():
             try:
                 count = len(_search_records(db))
@@ -96,7 +99,7 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
 
     # Ctrl-C: stops within seconds, exit 130, state and measurements kept
     proc = subprocess.Popen(_search_script(block_path, out, budget), stderr=subprocess.PIPE)
-    first = _wait_for_records(db, 2, timeout=120)
+    first = _wait_for_records(db, 2, timeout=120, proc=proc)
     proc.send_signal(signal.SIGINT)
     stopped = time.monotonic()
     _, stderr = proc.communicate(timeout=60)
@@ -109,7 +112,7 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
 
     # kill -9: nothing committed is lost
     proc = subprocess.Popen(_search_script(block_path, out, budget), stderr=subprocess.PIPE)
-    _wait_for_records(db, after_sigint + 2, timeout=120)
+    _wait_for_records(db, after_sigint + 2, timeout=120, proc=proc)
     proc.kill()
     proc.communicate(timeout=30)
     after_kill = len(_search_records(db))

@@ -99,11 +99,7 @@ class TuningDatabase:
             if read_only:
                 self._check_schema()
             else:
-                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    log.warning("%s: journal mode is %s, not WAL (file system?)", self.path, mode)
-                self._conn.execute(f"PRAGMA synchronous = {synchronous}")
-                self._create_schema()
+                self._set_up(synchronous, busy_timeout_s)
         except sqlite3.DatabaseError as err:
             raise DatabaseError(
                 f"{self.path} is not a usable SQLite tuning database ({err}): "
@@ -114,6 +110,25 @@ class TuningDatabase:
         self._modules: dict[int, Any] = {}
 
     # ---------------------------------------------------------------- connection
+
+    def _set_up(self, synchronous: str, busy_timeout_s: float) -> None:
+        """WAL mode and the schema. Two processes opening a new file at once can get "database
+        is locked" here without SQLite's busy handler being called (the switch to WAL takes an
+        exclusive lock, and SQLite refuses rather than waits where waiting could deadlock): such
+        a refusal is retried until `busy_timeout_s`."""
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    log.warning("%s: journal mode is %s, not WAL (file system?)", self.path, mode)
+                self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+                self._create_schema()
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _create_schema(self) -> None:
         with self._write() as conn:
