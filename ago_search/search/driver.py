@@ -9,11 +9,13 @@ One loop, until the budget (less what finishing needs) is spent:
 2. Score. Estimates that came back are given to the scorer; every partition whose tasks are
    all known gets its predicted latency (`PlanScorer.score`) and the searcher learns it.
 3. Tune. The leading plan (best predicted; a challenger must be `switch_margin` better to take
-   over) has its kernels tuned for a slice of time: MetaSchedule's evolutionary search with
-   our scheduler (every task of the plan a first round before any second), the cost model
-   kept across slices, every candidate verified and committed to `tuning.db` as it is
-   measured. The measurements replace estimates, recalibrate the others, and every scored
-   plan is scored again.
+   over) has its kernels tuned: MetaSchedule's evolutionary search with our scheduler (every
+   task of the plan a first round before any second), the cost model kept across runs, every
+   candidate verified and committed to `tuning.db` as it is measured. Every `look_s` the
+   tuning looks up between two rounds: steps 1 and 2 run, the measurements so far replace
+   estimates, recalibrate the others, every scored plan is scored again, and the state is
+   saved; the run goes on (its contexts, populations and rounds intact) unless the leader
+   changed or is due to be timed end to end.
 4. Check. A leader whose kernels are (nearly) all tuned is built, timed end to end and
    verified against ONNX Runtime; the best verified one is written to `plan.json` and
    `model.so` at once.
@@ -31,16 +33,13 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ago_search.database import TuningDatabase
 from ago_search.devices import DeviceProfile
 from ago_search.frontend import ImportedModel
-from ago_search.measure import MeasureProtocol
 from ago_search.partition import Partition
 from ago_search.pipeline import SEED_NAMES, PlannedModel, plan_model, prepare_model, seed_partition
 from ago_search.plan import Plan, graph_fingerprint
@@ -49,67 +48,18 @@ from ago_search.schedule.results import task_results
 from ago_search.schedule.tasks import Task
 from ago_search.schedule.tune import TuningSession
 from ago_search.search.budget import Budget, format_duration
+from ago_search.search.config import SearchConfig, SearchResult
 from ago_search.search.estimators import EstimatorPool
-from ago_search.search.finish import ORT, OURS, TVM_DEFAULT, measure_plan, runtime_seconds
+from ago_search.search.finish import PlanMeasurement, measure_plan, search_summary
 from ago_search.search.score import PlanScorer
 from ago_search.search.searcher import PlanSearcher, Suggestion
-from ago_search.search.space import GroupLimits, PlanSpace
+from ago_search.search.space import PlanSpace
 from ago_search.search.state import OutputFolder, SearchState, write_json_atomic
 from cost_model.estimate import TaskEstimate
 
-__all__ = ["SearchConfig", "SearchResult", "run_search"]
+__all__ = ["SearchConfig", "SearchResult", "run_search"]  # the first two from .config
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """How to search.
-
-    budget_s: wall-clock seconds in all, earlier runs on the same output folder included.
-    slice_s: seconds of tuning between two looks at the plans (None: 5 % of the budget, 20 to
-    120 s). suggest_batch: partitions suggested at a time. estimator_workers: Ray actors that
-    estimate tasks (None: one per two CPUs Ray has, at least one). samples: schedules sampled
-    per task estimate. switch_margin: how much better a plan's score must be to take the lead
-    (early_switch_margin while the leader's first pass is not done; None: no switch before
-    it is done). explore_share: the most CPU time estimating may take, as a share of the wall
-    time.
-    round_trials: candidates measured per round of a task (the first pass gives every task of
-    the leading plan one round before any gets a second).
-    end_to_end_share: a leader is timed end to end once at least this share of its predicted
-    kernel time comes from measurements.
-    """
-
-    budget_s: float
-    seed: int = 0
-    cost_model: str = "gnn"
-    slice_s: float | None = None
-    suggest_batch: int = 8
-    estimator_workers: int | None = None
-    samples: int = 64
-    switch_margin: float = 0.03
-    early_switch_margin: float | None = None
-    explore_share: float = 0.15
-    round_trials: int = 16
-    end_to_end_share: float = 0.9
-    limits: GroupLimits = field(default_factory=GroupLimits)
-    protocol: MeasureProtocol | None = None
-
-    def slice_seconds(self) -> float:
-        if self.slice_s is not None:
-            return self.slice_s
-        return min(120.0, max(20.0, 0.05 * self.budget_s))
-
-    def finish_reserve_s(self) -> float:
-        """What finishing takes: a tuned build, TVM's default build, and three timed runs."""
-        return min(180.0, max(15.0, 0.08 * self.budget_s))
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    out: Path
-    summary: dict[str, Any]
-    interrupted: bool = False
 
 
 @dataclass
@@ -183,6 +133,8 @@ class _Search:
         self.slices = 0
         self.counters = _Counters(measurements_before=len(self.store))
         self.end_to_end_s: float | None = self.state.end_to_end_s
+        self.last_check_at = -math.inf  # time.monotonic() of the last end-to-end timing
+        self.pool: EstimatorPool | None = None
         self.stop_requested = False
 
     # -- the loop -----------------------------------------------------------------------------
@@ -208,6 +160,7 @@ class _Search:
             TuningConfig(trials=0, protocol=self.config.protocol),
             work_dir=self.folder.path,
         )
+        self.pool = pool
         self.estimator_nodes = len(pool.nodes())
         previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         interrupted = False
@@ -219,7 +172,7 @@ class _Search:
                 self._choose_leader()
                 if self.leader is None:
                     continue
-                self._tune_slice(self._reserve())
+                self._tune_leader(self._reserve())
                 self._collect(pool, wait=0.0)
                 self._rescore()
                 self._check_leader(self._reserve())
@@ -340,40 +293,95 @@ class _Search:
         calls = self.scorer.tasks_of(self.leader)
         return [dataclasses.replace(self.scorer.task(k), weight=n) for k, n in calls.items()]
 
-    def _tune_slice(self, reserve: float) -> None:
+    def _tune_leader(self, reserve: float) -> None:
+        """Tune the leader's kernels until the leader changes, is due to be timed end to end,
+        the slice or the budget ends, or Ctrl-C; looking at the plans every `look_s`."""
         tasks = self._leader_tasks()
         if not tasks:
             return
-        deadline = min(
-            time.monotonic() + self.config.slice_seconds(), self.budget.deadline(reserve)
-        )
+        started = time.monotonic()
+        deadline = min(started + self.config.slice_seconds(), self.budget.deadline(reserve))
         before = sum(r.trials for r in task_results(self.store, tasks, self.device.key))
         config = TuningConfig(
-            trials=before + 100_000,  # the deadline ends the slice, not a trial count
+            trials=before + 1_000_000,  # time ends the run, not a trial count
             seed=self.config.seed + self.slices,
             protocol=self.config.protocol,
             measure_untuned=False,  # the search scores tuned kernels; the untuned ones cost time
             max_round_trials=self.config.round_trials,
         )
         self.slices += 1
+        leader = self.leader
+        last_look = started
+        why = "the deadline"
+
+        def stop() -> bool:
+            nonlocal last_look, why
+            if self.stop_requested:
+                why = "Ctrl-C"
+                return True
+            now = time.monotonic()
+            if now - last_look < self.config.look_s:
+                return False
+            last_look = now
+            try:  # an exception must not reach MetaSchedule's C++ loop (it would abort)
+                self._look(tasks)
+            except Exception:
+                log.exception("looking at the plans failed; the tuning run ends here")
+                why = "an error while looking"
+                return True
+            if self.leader is not leader:
+                why = "a new leader"
+                return True
+            if self._end_to_end_due():
+                why = "an end-to-end timing"
+                return True
+            return False
+
         report = self.session.tune(
-            tasks,
-            config,
-            cost_model=self.guide,
-            deadline=deadline,
-            stop=lambda: self.stop_requested,
+            tasks, config, cost_model=self.guide, deadline=deadline, stop=stop
         )
         for result in report.tasks:
             self.scorer.set_measured(result.key, result.best_seconds, result.trials)
         log.info(
-            "slice %d: %d trials on %d tasks in %.0f s; calibration %+.2f (log) over %d tasks",
+            "tuning run %d: %d trials on %d tasks in %.0f s, ended by %s; "
+            "calibration %+.2f (log) over %d tasks",
             self.slices,
             report.trials_run,
             len(tasks),
             report.wall_s,
+            why,
             self.scorer.calibration.offset,
             self.scorer.calibration.tasks,
         )
+
+    def _look(self, tasks: list[Task]) -> None:
+        """Between two rounds of a tuning run: what was measured so far is known to the scorer,
+        plans are proposed, estimates collected, every plan scored again, the leader chosen,
+        the state saved."""
+        assert self.pool is not None
+        for result in task_results(self.store, tasks, self.device.key):
+            if result.trials or result.best_seconds is not None:
+                self.scorer.set_measured(result.key, result.best_seconds, result.trials)
+        self._propose(self.pool)
+        self._collect(self.pool, wait=0.0)
+        self._rescore()
+        self._choose_leader()
+        self._save()
+
+    def _end_to_end_due(self) -> bool:
+        """The leader is tuned enough to time end to end: its first pass is done, and it was
+        never timed, or its score improved 2 % since and `recheck_s` went by."""
+        if self.leader is None:
+            return False
+        score = self.scorer.score(self.leader)
+        if score.unknown or score.measured_share < self.config.end_to_end_share:
+            return False
+        previous = self.last_end_to_end.get(self.leader_key or "")
+        if previous is None:
+            return True
+        if score.seconds > previous * 0.98:
+            return False
+        return time.monotonic() - self.last_check_at >= self.config.recheck_seconds()
 
     def _rescore(self) -> None:
         for key, partition, _ in self.searcher.scored():
@@ -383,15 +391,12 @@ class _Search:
 
     def _check_leader(self, reserve: float) -> None:
         assert self.leader is not None
-        score = self.scorer.score(self.leader)
-        if score.unknown or score.measured_share < self.config.end_to_end_share:
+        if not self._end_to_end_due():
             return
-        previous = self.last_end_to_end.get(self.leader_key or "")
-        if previous is not None and score.seconds > previous * 0.98:
-            return  # nothing new to learn from timing this plan again
         if self.budget.left - reserve < (self.end_to_end_s or 10.0):
             return
-        started = time.monotonic()
+        score = self.scorer.score(self.leader)
+        started = self.last_check_at = time.monotonic()
         planned = self._planned(self.leader)
         measured = measure_plan(planned, self.store, self.device, self.config.protocol)
         self.end_to_end_s = time.monotonic() - started
@@ -458,52 +463,25 @@ class _Search:
             return ranked[0][0]
         return seed_partition(self.prepared, "tvm").partition
 
-    def _summary(self, final: Any, interrupted: bool) -> dict[str, Any]:
-        ort = tvm_default = ours = None
-        verified, errors = False, []
-        if final is not None and final.bench is not None:
-            ort = runtime_seconds(final.bench, ORT)
-            tvm_default = runtime_seconds(final.bench, TVM_DEFAULT)
-            ours = runtime_seconds(final.bench, OURS)
-            verified, errors = final.verified, list(final.errors)
-        elif self.state.best is not None:
-            ours, verified = self.state.best["measured_s"], True
-        pairs = [
-            (e["predicted_s"], e["measured_s"])
-            for e in self.state.end_to_end
-            if e.get("measured_s") is not None and e.get("verified")
-        ]
-        return {
-            "model": self.imported.path,
-            "device": self.device.name,
-            "device_key": self.device.key,
-            "threads": self.device.threads,
-            "interrupted": interrupted,
-            "finished": self.state.finished,
-            "latency_s": {"onnxruntime": ort, "tvm_default": tvm_default, "ago_search": ours},
-            "speedup": {
-                "vs_onnxruntime": _ratio(ort, ours),
-                "vs_tvm_default": _ratio(tvm_default, ours),
-            },
-            "verified": verified,
-            "errors": errors,
-            "untuned_kernels": list(final.untuned_kernels) if final is not None else [],
-            "budget_s": self.config.budget_s,
-            "spent_s": self.budget.spent,
-            "plans_scored": len(self.searcher.scored()),
-            "plans_suggested": len(self.searcher),
-            "estimator_nodes": getattr(self, "estimator_nodes", 0),
-            "measurements": len(self.store),
-            "measurements_this_run": len(self.store) - self.counters.measurements_before,
-            "end_to_end": self.state.end_to_end,
-            "score_rank_correlation": _spearman(pairs),
-            "best": self.state.best,
-            "outputs": {
+    def _summary(self, final: PlanMeasurement | None, interrupted: bool) -> dict[str, Any]:
+        return search_summary(
+            model=self.imported.path,
+            device=self.device,
+            budget=self.budget,
+            state=self.state,
+            final=final,
+            interrupted=interrupted,
+            plans_scored=len(self.searcher.scored()),
+            plans_suggested=len(self.searcher),
+            estimator_nodes=getattr(self, "estimator_nodes", 0),
+            measurements=len(self.store),
+            measurements_before=self.counters.measurements_before,
+            outputs={
                 "plan": str(self.folder.plan),
                 "library": str(self.folder.library),
                 "database": str(self.folder.database),
             },
-        }
+        )
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -571,22 +549,6 @@ class _Search:
 
 def _ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.4g} ms" if seconds is not None else "-"
-
-
-def _ratio(reference: float | None, ours: float | None) -> float | None:
-    return reference / ours if reference and ours else None
-
-
-def _spearman(pairs: list[tuple[float, float]]) -> float | None:
-    """Rank correlation of predicted vs measured end-to-end latency (None under 3 plans)."""
-    if len(pairs) < 3:
-        return None
-    predicted = np.argsort(np.argsort([p for p, _ in pairs]))
-    measured = np.argsort(np.argsort([m for _, m in pairs]))
-    if predicted.std() == 0 or measured.std() == 0:
-        return None
-    value = float(np.corrcoef(predicted, measured)[0, 1])
-    return value if math.isfinite(value) else None
 
 
 __all__ += ["format_duration"]

@@ -10,10 +10,13 @@ it), `plan.json` and `summary.json`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ago_search.bench import ORT, TVM_DEFAULT, BenchResult, bench_model
 from ago_search.build import compile_plan_tuned, export_executable
@@ -21,8 +24,10 @@ from ago_search.database import SqliteDatabase, TuningDatabase
 from ago_search.devices import DeviceProfile
 from ago_search.measure import MeasureProtocol
 from ago_search.pipeline import PlannedModel
+from ago_search.search.budget import Budget
+from ago_search.search.state import SearchState
 
-__all__ = ["OURS", "PlanMeasurement", "measure_plan"]
+__all__ = ["OURS", "PlanMeasurement", "measure_plan", "search_summary", "spearman"]
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +112,80 @@ def write_library(executable: Any, path: Path) -> Path:
 
 
 __all__ += ["ORT", "TVM_DEFAULT", "runtime_seconds", "write_library"]
+
+
+def search_summary(
+    *,
+    model: str,
+    device: DeviceProfile,
+    budget: Budget,
+    state: SearchState,
+    final: PlanMeasurement | None,
+    interrupted: bool,
+    plans_scored: int,
+    plans_suggested: int,
+    estimator_nodes: int,
+    measurements: int,
+    measurements_before: int,
+    outputs: dict[str, str],
+) -> dict[str, Any]:
+    """`summary.json`: the final build beside ORT and TVM's default build (or, for a stopped
+    search, the best verified plan so far), the budget, the counts, every end-to-end timing and
+    how well the plan score ranked them."""
+    ort = tvm_default = ours = None
+    verified, errors = False, []
+    if final is not None and final.bench is not None:
+        ort = runtime_seconds(final.bench, ORT)
+        tvm_default = runtime_seconds(final.bench, TVM_DEFAULT)
+        ours = runtime_seconds(final.bench, OURS)
+        verified, errors = final.verified, list(final.errors)
+    elif state.best is not None:
+        ours, verified = state.best["measured_s"], True
+    pairs = [
+        (e["predicted_s"], e["measured_s"])
+        for e in state.end_to_end
+        if e.get("measured_s") is not None and e.get("verified")
+    ]
+    return {
+        "model": model,
+        "device": device.name,
+        "device_key": device.key,
+        "threads": device.threads,
+        "interrupted": interrupted,
+        "finished": state.finished,
+        "latency_s": {"onnxruntime": ort, "tvm_default": tvm_default, "ago_search": ours},
+        "speedup": {
+            "vs_onnxruntime": _ratio(ort, ours),
+            "vs_tvm_default": _ratio(tvm_default, ours),
+        },
+        "verified": verified,
+        "errors": errors,
+        "untuned_kernels": list(final.untuned_kernels) if final is not None else [],
+        "budget_s": budget.total,
+        "spent_s": budget.spent,
+        "plans_scored": plans_scored,
+        "plans_suggested": plans_suggested,
+        "estimator_nodes": estimator_nodes,
+        "measurements": measurements,
+        "measurements_this_run": measurements - measurements_before,
+        "end_to_end": state.end_to_end,
+        "score_rank_correlation": spearman(pairs),
+        "best": state.best,
+        "outputs": outputs,
+    }
+
+
+def _ratio(reference: float | None, ours: float | None) -> float | None:
+    return reference / ours if reference and ours else None
+
+
+def spearman(pairs: list[tuple[float, float]]) -> float | None:
+    """Rank correlation of predicted vs measured end-to-end latency (None under 3 plans)."""
+    if len(pairs) < 3:
+        return None
+    predicted = np.argsort(np.argsort([p for p, _ in pairs]))
+    measured = np.argsort(np.argsort([m for _, m in pairs]))
+    if predicted.std() == 0 or measured.std() == 0:
+        return None
+    value = float(np.corrcoef(predicted, measured)[0, 1])
+    return value if math.isfinite(value) else None

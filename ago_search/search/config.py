@@ -1,0 +1,72 @@
+"""How the search runs (`SearchConfig`) and what it hands back (`SearchResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ago_search.measure import MeasureProtocol
+from ago_search.search.space import GroupLimits
+
+__all__ = ["SearchConfig", "SearchResult"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How to search.
+
+    budget_s: wall-clock seconds in all, earlier runs on the same output folder included.
+    look_s: seconds of tuning between two looks at the plans; a look happens between two
+    rounds, inside the running tuning, which goes on unless the leader changed or is due to
+    be timed end to end. slice_s: the longest one tuning run goes on even so (None: a quarter
+    of the budget, 60 s to 30 min). recheck_s: the least time between two end-to-end timings
+    of the same leader (None: a tenth of the budget, at least 60 s). suggest_batch: partitions suggested at a time. estimator_workers: Ray actors that
+    estimate tasks (None: one per two CPUs Ray has, at least one). samples: schedules sampled
+    per task estimate. switch_margin: how much better a plan's score must be to take the lead
+    (early_switch_margin while the leader's first pass is not done; None: no switch before
+    it is done). explore_share: the most CPU time estimating may take, as a share of the wall
+    time.
+    round_trials: candidates measured per round of a task (the first pass gives every task of
+    the leading plan one round before any gets a second).
+    end_to_end_share: a leader is timed end to end once at least this share of its predicted
+    kernel time comes from measurements.
+    """
+
+    budget_s: float
+    seed: int = 0
+    cost_model: str = "gnn"
+    slice_s: float | None = None
+    look_s: float = 10.0
+    recheck_s: float | None = None
+    suggest_batch: int = 8
+    estimator_workers: int | None = None
+    samples: int = 64
+    switch_margin: float = 0.03
+    early_switch_margin: float | None = None
+    explore_share: float = 0.15
+    round_trials: int = 16
+    end_to_end_share: float = 0.9
+    limits: GroupLimits = field(default_factory=GroupLimits)
+    protocol: MeasureProtocol | None = None
+
+    def slice_seconds(self) -> float:
+        if self.slice_s is not None:
+            return self.slice_s
+        return min(1800.0, max(60.0, 0.25 * self.budget_s))
+
+    def recheck_seconds(self) -> float:
+        if self.recheck_s is not None:
+            return self.recheck_s
+        return max(60.0, 0.1 * self.budget_s)
+
+    def finish_reserve_s(self) -> float:
+        """What finishing takes: a tuned build, TVM's default build, and three timed runs."""
+        return min(180.0, max(15.0, 0.08 * self.budget_s))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    out: Path
+    summary: dict[str, Any]
+    interrupted: bool = False
