@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from cost_model.features import Featurizer
 from cost_model.predictor import Predictor, load_pretrained
 
 __all__ = ["LatencyEstimator", "TaskEstimate"]
@@ -61,7 +60,11 @@ class TaskEstimate:
 
 class LatencyEstimator:
     """predictor: the GNN (default: the shipped pretrained one); target: the tasks' target;
-    samples: candidates sampled per task; quantile: of their predicted latencies."""
+    samples: candidates sampled per task; quantile: of their predicted latencies.
+    isolated: sample in a worker subprocess within `memory_limit` bytes of address space
+    (None: `schedule.probe.default_memory_limit()`) and `timeout_s` per task, so a task
+    whose design space outgrows them gets an estimate with an error instead of taking the
+    estimating process down."""
 
     def __init__(
         self,
@@ -70,57 +73,69 @@ class LatencyEstimator:
         samples: int = 64,
         quantile: float = 0.1,
         seed: int = 0,
+        isolated: bool = False,
+        memory_limit: int | None = None,
+        timeout_s: float = 120.0,
     ) -> None:
-        import json
+        from ago_search.schedule.probe import as_target, default_memory_limit
 
-        import tvm
-
-        if isinstance(target, str) and target.lstrip().startswith("{"):
-            target = json.loads(target)
-        self.target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+        self.target = as_target(target)
         self.predictor = predictor if predictor is not None else load_pretrained()
         self.samples = samples
         self.quantile = quantile
         self.seed = seed
-        self._featurizer = Featurizer(self.target)
+        self.timeout_s = timeout_s
+        self._worker = None
+        if isolated:
+            from ago_search.measure.worker import IsolatedWorker
+
+            self.memory_limit = memory_limit if memory_limit is not None else default_memory_limit()
+            self._worker = IsolatedWorker(
+                preload=("tvm", "cost_model.sampling"),
+                name="estimate-sampler",
+                memory_limit=self.memory_limit,
+            )
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
 
     def estimate(self, mod: Any) -> TaskEstimate:
         """The estimate of one task (`Task.mod`: its PrimFunc as {"main": func})."""
-        from tvm.s_tir import meta_schedule as ms
-
         started = time.perf_counter()
         try:
-            context = ms.TuneContext(
-                mod=mod,
-                target=self.target,
-                space_generator="post-order-apply",
-                search_strategy=ms.search_strategy.ReplayTrace(),
-                task_name="estimate",
-                rand_state=self.seed,
-                num_threads=1,
-            )
-            spaces = context.generate_design_space()
-            context.pre_tuning(
-                max_trials=self.samples,
-                num_trials_per_iter=self.samples,
-                design_spaces=spaces,
-                database=None,
-                cost_model=None,
-            )
-            candidates = context.generate_measure_candidates() or []
-            context.post_tuning()
-        except Exception as exc:  # a ScheduleError of one task's space: no estimate, no crash
+            graphs = self._sample(mod)
+        except Exception as exc:  # one task's failure: no estimate, no crash
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             return TaskEstimate(None, None, 0, time.perf_counter() - started, first)
-        if not candidates:
+        if not graphs:
             return TaskEstimate(
                 None, None, 0, time.perf_counter() - started, "no candidate sampled"
             )
-        graphs = self._featurizer.from_candidates(context, candidates)
         predicted = np.asarray(self.predictor.predict(graphs), np.float64)
         return TaskEstimate(
             float(np.quantile(predicted, self.quantile)),
             float(predicted.min()),
-            len(candidates),
+            len(graphs),
             time.perf_counter() - started,
         )
+
+    def _sample(self, mod: Any) -> list[Any]:
+        if self._worker is None:
+            from cost_model.sampling import sample_graphs
+
+            return sample_graphs(mod, str(self.target), self.samples, self.seed)
+        from ago_search.measure.worker import WorkerCallError
+        from ago_search.schedule.probe import failure_reason
+
+        try:
+            return self._worker.call(
+                "cost_model.sampling:sample_graphs",
+                mod,
+                str(self.target),
+                self.samples,
+                self.seed,
+                timeout=self.timeout_s,
+            )
+        except WorkerCallError as err:
+            raise RuntimeError(failure_reason(err, self.memory_limit, self.timeout_s)) from None

@@ -84,3 +84,20 @@ def exporter_shape_chain() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])],
         inits,
     )
+
+
+def conv_matmul() -> onnx.ModelProto:
+    """x[1,3,8,8] -> Conv 3x3 + bias -> Relu -> Flatten -> MatMul + bias: three kernels."""
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Flatten", ["r"], ["f"]),
+            helper.make_node("MatMul", ["f", "M"], ["m"]),
+            helper.make_node("Add", ["m", "C"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [weight("W", (8, 3, 3, 3)), weight("B", (8,), 1), weight("M", (512, 10), 2)]
+        + [weight("C", (10,), 3)],
+    )

@@ -17,8 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tvm_ffi
-from model_builders import make_model, weight
-from onnx import TensorProto, helper
+from model_builders import conv_matmul
 
 from ago_search.build import apply_schedules, compile_plan_tuned, run_executable
 from ago_search.database import SqliteDatabase, Status, TuningDatabase
@@ -41,23 +40,6 @@ from cost_model.factory import make_cost_model
 REPO = Path(__file__).resolve().parents[1]
 FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=2.0)
 ROUND = 2
-
-
-def conv_matmul() -> onnx.ModelProto:
-    """x[1,3,8,8] -> Conv 3x3 + bias -> Relu -> Flatten -> MatMul + bias: three kernels."""
-    return make_model(
-        [
-            helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c"], ["r"]),
-            helper.make_node("Flatten", ["r"], ["f"]),
-            helper.make_node("MatMul", ["f", "M"], ["m"]),
-            helper.make_node("Add", ["m", "C"], ["y"]),
-        ],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [weight("W", (8, 3, 3, 3)), weight("B", (8,), 1), weight("M", (512, 10), 2)]
-        + [weight("C", (10,), 3)],
-    )
 
 
 def _planned(path: Path):

@@ -9,7 +9,10 @@ one costs seconds (`import tvm`); `max_uses=1` gives every call a fresh one.
 The time-out is enforced by the parent, which kills the subprocess's whole process group: a
 call stuck in native code holding the GIL (where a Python timer in the child could never
 fire), and a compiler the call started, are both ended. Start-up (imports) is not counted in
-a call's time-out; it has its own, `startup_timeout`.
+a call's time-out; it has its own, `startup_timeout`. `memory_limit` caps the subprocess's
+address space (RLIMIT_AS, set before its imports): past it an allocation fails, which ends
+the call as a `WorkerError` (MemoryError, std::bad_alloc) or a `WorkerCrashed`, never the
+machine's memory.
 
 Calls name their function as "module:function" and pass picklable arguments, so the child
 needs no pickled code, only the same installed packages.
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<Q")
 _READY = b"ready"
 _STDERR_TAIL = 3000
+_MEMORY_LIMIT_ENV = "AGO_WORKER_MEMORY_LIMIT"
 
 
 class WorkerCallError(Exception):
@@ -93,7 +97,8 @@ class IsolatedWorker:
     preload: modules the child imports before it reports ready (their import time is then
     start-up, not part of the first call's time-out). env: variables added to the child's
     environment (thread counts). max_uses: calls before the child is replaced (None: only
-    after a crash or time-out).
+    after a crash or time-out). memory_limit: bytes of address space the child may map
+    (None: no limit).
     """
 
     def __init__(
@@ -103,9 +108,13 @@ class IsolatedWorker:
         max_uses: int | None = None,
         startup_timeout: float = 180.0,
         name: str = "worker",
+        memory_limit: int | None = None,
     ):
         if max_uses is not None and max_uses < 1:
             raise ValueError(f"max_uses must be >= 1 or None, got {max_uses}")
+        if memory_limit is not None and memory_limit < 1 << 20:
+            raise ValueError(f"memory_limit is in bytes and must be >= 1 MiB, got {memory_limit}")
+        self.memory_limit = memory_limit
         self.preload = tuple(preload)
         self.env = dict(env or {})
         self.max_uses = max_uses
@@ -144,6 +153,8 @@ class IsolatedWorker:
         # the child imports the same ago_search as this process, installed or not
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        if self.memory_limit is not None:
+            env[_MEMORY_LIMIT_ENV] = str(self.memory_limit)
         command = [sys.executable, "-m", __name__, str(child_read), str(child_write)]
         command += list(self.preload)
         try:
@@ -271,7 +282,16 @@ class IsolatedWorker:
         return value
 
 
+def _limit_memory() -> None:
+    limit = os.environ.pop(_MEMORY_LIMIT_ENV, None)
+    if limit is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+
+
 def _serve(read_fd: int, write_fd: int, preload: Sequence[str]) -> None:
+    _limit_memory()
     writer = os.fdopen(write_fd, "wb")
     for module in preload:
         importlib.import_module(module)

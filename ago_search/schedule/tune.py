@@ -41,6 +41,7 @@ from ago_search.database import Record, Status, TuningDatabase, canonical_target
 from ago_search.database.metaschedule import SqliteDatabase
 from ago_search.errors import AgoSearchError
 from ago_search.schedule.config import METASCHEDULE_ROUND, TuningConfig
+from ago_search.schedule.probe import TaskProbe
 from ago_search.schedule.results import (
     SOURCE_UNTUNED,
     TaskResult,
@@ -207,6 +208,8 @@ class TuningSession:
             device, config, self.check, self._scratch / "artifacts"
         )
         self._schedulable: dict[str, bool] = {}
+        self._probe: TaskProbe | None = None
+        self.left_out: dict[str, str] = {}  # task key -> why it cannot be tuned
         self._warmed: set[tuple[int, str]] = set()  # (id of the cost model, task key)
 
     def __enter__(self) -> TuningSession:
@@ -218,6 +221,8 @@ class TuningSession:
     def close(self) -> None:
         self.builder.close()
         self.runner.close()
+        if self._probe is not None:
+            self._probe.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def tune(
@@ -400,14 +405,24 @@ class TuningSession:
         config: TuningConfig,
         num_threads: int,
     ) -> tuple[list[Task], list[TaskPrior]]:
-        """`_schedulable`, each task checked once per session."""
-        unknown = [
-            (index, task) for index, task in enumerate(tasks) if task.key not in self._schedulable
-        ]
+        """The tasks whose design space can be generated and sampled within the limits
+        (`schedule.probe`), each task probed once per session. Some schedule rules raise a
+        ScheduleError on some fused groups (seen: reverse-compute-at on an add + layer_norm
+        group of bert_tiny), which inside ms.tune_tasks would end the whole run, and some
+        groups' spaces outgrow the memory: such a task is left out with a warning (and in
+        `self.left_out` with the reason), a failure of one task, not of the run."""
+        unknown = [task for task in tasks if task.key not in self._schedulable]
         if unknown:
-            kept = _schedulable([t for _, t in unknown], config, num_threads)
-            for _, task in unknown:
-                self._schedulable[task.key] = task.key in kept
+            if self._probe is None:
+                self._probe = TaskProbe(
+                    config.task_memory_limit, config.task_probe_timeout_s, seed=config.seed or 0
+                )
+            for task in unknown:
+                result = self._probe.probe(task.mod, task.target, num_threads)
+                self._schedulable[task.key] = result.ok
+                if not result.ok:
+                    self.left_out[task.key] = result.reason
+                    log.warning("task %s left untuned: %s", task.name, result.reason)
         pairs = [(t, p) for t, p in zip(tasks, priors, strict=True) if self._schedulable[t.key]]
         return [t for t, _ in pairs], [p for _, p in pairs]
 
@@ -445,39 +460,6 @@ def tune_tasks(
             measure_callbacks=measure_callbacks,
             deadline=deadline,
         )
-
-
-def _schedulable(tasks: Sequence[Task], config: TuningConfig, num_threads: int) -> set[str]:
-    """The keys of the tasks whose design space MetaSchedule can generate.
-
-    Some schedule rules raise a ScheduleError on some fused groups (seen: reverse-compute-at on
-    an add + layer_norm group of bert_tiny); inside ms.tune_tasks that ends the whole run. The
-    space is generated here first, and a task that fails is left out with a warning: a failure
-    of one task, not of the run.
-    """
-    kept = set()
-    for index, task in enumerate(tasks):
-        context = ms.TuneContext(
-            mod=task.mod,
-            target=task.target_object(),
-            space_generator="post-order-apply",
-            task_name=task.name,
-            rand_state=_seed(config, index),
-            num_threads=num_threads,
-            logger=_MS_LOG,
-        )
-        try:
-            context.generate_design_space()
-        except Exception as exc:  # a TVM ScheduleError/TVMError from a schedule rule
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            log.warning(
-                "task %s left untuned: MetaSchedule cannot generate its design space (%s)",
-                task.name,
-                first,
-            )
-            continue
-        kept.add(task.key)
-    return kept
 
 
 def _warm_start(

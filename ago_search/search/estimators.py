@@ -30,7 +30,11 @@ class EstimatorWorker:
         from cost_model.predictor import Predictor
 
         predictor = Predictor.load(predictor_dir) if predictor_dir else None
-        self.estimator = LatencyEstimator(target, predictor, samples=samples, seed=seed)
+        # sampling in a worker with a memory and time limit: a group whose design space
+        # outgrows them costs its estimate, not this actor
+        self.estimator = LatencyEstimator(
+            target, predictor, samples=samples, seed=seed, isolated=True
+        )
         self.lease = lease
 
     def estimate(self, key: str, mod: Any) -> tuple[str, dict[str, Any]]:
