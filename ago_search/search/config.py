@@ -31,6 +31,9 @@ class SearchConfig:
     the leading plan one round before any gets a second).
     end_to_end_share: a leader is timed end to end once at least this share of its predicted
     kernel time comes from measurements.
+    divide: divide and conquer (`search/regions.py`): regions at single-tensor cut points,
+    each holding at least `region_min_complex` convs/matmuls; moves stay inside a region and
+    the best of every region are joined.
     """
 
     budget_s: float
@@ -47,6 +50,8 @@ class SearchConfig:
     explore_share: float = 0.15
     round_trials: int = 16
     end_to_end_share: float = 0.9
+    divide: bool = True
+    region_min_complex: int = 3
     limits: GroupLimits = field(default_factory=GroupLimits)
     protocol: MeasureProtocol | None = None
 

@@ -51,7 +51,8 @@ from ago_search.search.budget import Budget, format_duration
 from ago_search.search.config import SearchConfig, SearchResult
 from ago_search.search.estimators import EstimatorPool
 from ago_search.search.finish import PlanMeasurement, measure_plan, search_summary
-from ago_search.search.score import PlanScorer
+from ago_search.search.regions import Regions
+from ago_search.search.score import PlanScore, PlanScorer
 from ago_search.search.searcher import PlanSearcher, Suggestion
 from ago_search.search.space import PlanSpace
 from ago_search.search.state import OutputFolder, SearchState, write_json_atomic
@@ -118,6 +119,14 @@ class _Search:
         self.store = TuningDatabase(self.folder.database)
         self.space = PlanSpace(graph, config.limits)
         seeds = {name: seed_partition(self.prepared, name).partition for name in SEED_NAMES}
+        if config.divide:
+            # boundaries where neither TVM's nor DNNFusion's fusion has a group across (the
+            # intensive seed's groups span blocks: they are cut at the boundaries instead)
+            kept = [self.space.fit_to_limits(seeds[n]) for n in ("tvm", "dnnfusion")]
+            regions = Regions.at_cut_points(self.space.index, kept, config.region_min_complex)
+            self.space.regions = regions
+            seeds = {name: regions.cut(p) for name, p in seeds.items()}
+            log.info("divide and conquer: %d regions", regions.count)
         self.searcher = PlanSearcher(self.space, seeds, seed=config.seed)
         if self.state.searcher:
             self.searcher.restore(self.state.searcher)
@@ -248,7 +257,7 @@ class _Search:
                 still.append(suggestion)
                 continue
             # unknown left with a failed estimate: the plan cannot be scored, so never leads
-            self.searcher.on_result(suggestion.key, None if score.unknown else score.seconds)
+            self._tell(suggestion.key, suggestion.partition, score)
             self.counters.plans_scored += 1
         self.pending = still
 
@@ -391,9 +400,19 @@ class _Search:
 
     def _rescore(self) -> None:
         for key, partition, _ in self.searcher.scored():
-            score = self.scorer.score(partition)
-            self.searcher.on_result(key, None if score.unknown else score.seconds)
+            self._tell(key, partition, self.scorer.score(partition))
         self._report_progress()
+
+    def _tell(self, key: str, partition: Partition, score: PlanScore) -> None:
+        """The searcher learns a plan's score, and its cost per region (divide and conquer)."""
+        if score.unknown:
+            self.searcher.on_result(key, None)
+            return
+        regions = self.space.regions
+        parts = None
+        if regions is not None and regions.count > 1:
+            parts = regions.costs(partition, lambda g: self.scorer.group_seconds(partition, g))
+        self.searcher.on_result(key, score.seconds, parts)
 
     def _check_leader(self, reserve: float) -> None:
         assert self.leader is not None

@@ -177,6 +177,15 @@ class PlanScorer:
 
     # -- scores --------------------------------------------------------------------------------
 
+    def group_seconds(self, partition: Partition, group: int) -> float | None:
+        """What one group of `partition` adds to its score: its kernel's latency and launch
+        (0 for a group with no kernel; None while its task is unknown)."""
+        key = self._group_task[partition.groups[group]]
+        if key is None:
+            return 0.0
+        seconds, _ = self.task_seconds(key)
+        return None if seconds is None else seconds + self.launch_overhead_s
+
     def score(self, partition: Partition) -> PlanScore:
         kernel, measured, launches, unknown = 0.0, 0.0, 0, []
         for key, calls in self.tasks_of(partition).items():

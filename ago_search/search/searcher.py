@@ -8,6 +8,11 @@ DNNFusion's, AGO's intensive one); after that each suggestion is a few random mo
 a parent drawn from the best scored plans (a tournament: better plans are drawn more often,
 every kept plan now and then). A partition is suggested once; a score given again for a known
 partition (scores change as measurements replace estimates) replaces the old one.
+
+Divide and conquer: where the space has regions (`search/regions.py`), a score may come with
+the plan's cost per region, and the join of the best plan of each region is suggested first
+whenever it is one not seen yet: an improvement found in one region by one child and another
+found elsewhere by another end up in one plan.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class _Entry:
     partition: Partition
     origin: str
     score: float | None = None
+    parts: tuple[float, ...] | None = None  # cost per region, when the space has regions
 
 
 class PlanSearcher:
@@ -76,6 +82,10 @@ class PlanSearcher:
         """Up to `count` partitions never suggested before (fewer when the space around the
         kept plans seems exhausted)."""
         out: list[Suggestion] = []
+        joined = self._join_best()
+        if joined is not None and count > 0:
+            self._entries[joined.fingerprint()] = _Entry(joined, "join")
+            out.append(Suggestion(joined, "join"))
         while self._queue and len(out) < count:
             suggestion = self._queue.pop(0)
             if suggestion.key not in self._entries:
@@ -101,13 +111,20 @@ class PlanSearcher:
             out.append(Suggestion(child, "+".join(moves)))
         return out
 
-    def on_result(self, key: str, score: float | None) -> None:
+    def on_result(
+        self, key: str, score: float | None, parts: Sequence[float] | None = None
+    ) -> None:
         """The score (seconds, lower is better; None: could not be scored) of a suggested
-        partition; given again, it replaces the earlier one."""
+        partition, and its cost per region of the space's `regions` (None: not known); given
+        again, they replace the earlier ones."""
         entry = self._entries.get(key)
         if entry is None:
             raise KeyError(f"partition {key} was never suggested")
         entry.score = score
+        regions = self.space.regions
+        if parts is not None and (regions is None or len(parts) != regions.count):
+            raise ValueError("region costs given for a space without those regions")
+        entry.parts = tuple(parts) if parts is not None and score is not None else None
 
     def best(self, count: int = 1) -> list[tuple[Partition, float, str]]:
         """The best scored partitions: (partition, score, origin), best first."""
@@ -136,7 +153,12 @@ class PlanSearcher:
             "version": STATE_VERSION,
             "rng": _rng_to_json(self._rng.getstate()),
             "entries": [
-                {"partition": e.partition.to_dict(), "origin": e.origin, "score": e.score}
+                {
+                    "partition": e.partition.to_dict(),
+                    "origin": e.origin,
+                    "score": e.score,
+                    "parts": list(e.parts) if e.parts is not None else None,
+                }
                 for e in self._entries.values()
             ],
             "queue": [
@@ -153,8 +175,9 @@ class PlanSearcher:
         self._entries = {}
         for item in state["entries"]:
             partition = Partition.from_dict(graph, item["partition"])
+            parts = item.get("parts")
             self._entries[partition.fingerprint()] = _Entry(
-                partition, item["origin"], item.get("score")
+                partition, item["origin"], item.get("score"), tuple(parts) if parts else None
             )
         self._queue = [
             Suggestion(Partition.from_dict(graph, item["partition"]), item["origin"])
@@ -172,6 +195,20 @@ class PlanSearcher:
             return None
         picks = [self._rng.randrange(len(scored)) for _ in range(self.tournament)]
         return scored[min(picks)]
+
+    def _join_best(self) -> Partition | None:
+        """The join of the best plan of every region, if it was never suggested."""
+        regions = self.space.regions
+        if regions is None or regions.count < 2:
+            return None
+        costed = [e for e in self._entries.values() if e.parts is not None]
+        if len(costed) < 2:
+            return None
+        best = [min(costed, key=lambda e: e.parts[r]) for r in range(regions.count)]  # type: ignore[index]
+        if len({id(e) for e in best}) < 2:
+            return None  # one plan is best everywhere: nothing to join
+        joined = regions.join([e.partition for e in best])
+        return None if joined.fingerprint() in self._entries else joined
 
     def _geometric(self) -> int:
         extra = 0

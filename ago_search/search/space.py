@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ago_search.graph import OpGraph
 from ago_search.partition import Illegal, Partition, graph_index
+from ago_search.search.regions import Regions
 
 __all__ = ["GroupLimits", "PlanSpace"]
 
@@ -51,10 +52,18 @@ class GroupLimits:
 class PlanSpace:
     """The legal partitions of `graph` within `limits`, and random moves between them."""
 
-    def __init__(self, graph: OpGraph, limits: GroupLimits | None = None) -> None:
+    def __init__(
+        self, graph: OpGraph, limits: GroupLimits | None = None, regions: Regions | None = None
+    ) -> None:
         self.graph = graph
         self.index = graph_index(graph)
         self.limits = limits or GroupLimits()
+        self.regions = regions  # moves keep every group inside its region (search/regions.py)
+
+    def _same_region(self, partition: Partition, *groups: int) -> bool:
+        if self.regions is None:
+            return True
+        return len({self.regions.region_of(partition, g) for g in groups}) == 1
 
     # -- limits ------------------------------------------------------------------------------
 
@@ -113,6 +122,8 @@ class PlanSpace:
         if not neighbours:
             return None
         other = neighbours[rng.randrange(len(neighbours))]
+        if not self._same_region(partition, group, other):
+            return None
         if not self.group_fits(partition, group, other) or not partition.merge_is_acyclic(
             group, other
         ):
@@ -145,6 +156,8 @@ class PlanSpace:
         if not joined:
             return None
         to_group = sorted(joined)[rng.randrange(len(joined))]
+        if not self._same_region(partition, group, to_group):
+            return None
         moved = partition.move(node, to_group)
         if isinstance(moved, Illegal) or not self.group_fits(moved, moved.group_of(node)):
             return None
