@@ -61,8 +61,11 @@ __all__ = ["TuningSession", "tune_task", "tune_tasks", "untuned_trace"]
 
 log = logging.getLogger(__name__)
 
-# MetaSchedule's per-round messages (whole modules in TVMScript) go here, below our own.
+# MetaSchedule's per-round messages (whole modules in TVMScript) go here, below our own: at
+# WARNING unless a caller sets this logger's level (`ago-search -v` would print every module).
 _MS_LOG = logging.getLogger("ago_search.metaschedule")
+if _MS_LOG.level == logging.NOTSET:
+    _MS_LOG.setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +228,19 @@ class TuningSession:
             self._probe.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
+    def measure_untuned(self, tasks: Sequence[Task]) -> int:
+        """Measure the untuned kernel of each task that lacks it; how many were measured. The
+        kernel a task that cannot be tuned keeps (the search scores plans with it); safe
+        between two rounds of a run (the runner has nothing in flight then)."""
+        for task in tasks:
+            self.store.commit_task(task.key, task.target, task.mod, name=task.name)
+            if self.check is not None and task.key not in self._checked:
+                self.check.add(task.key, task.mod)
+                self._checked.add(task.key)
+        return _measure_untuned(
+            list(tasks), self.store, self.device.key, self.builder, self.runner, self.check
+        )
+
     def tune(
         self,
         tasks: Sequence[Task],
@@ -322,7 +338,12 @@ class TuningSession:
         store, device_key, check = self.store, self.device.key, self.check
         on_round = check.select if check is not None else None
         budget = TrialBudget(remaining, deadline, stop)
-        tasks, priors = self._keep_schedulable(tasks, priors, config, num_threads)
+        kept, priors = self._keep_schedulable(tasks, priors, config, num_threads)
+        left_out = [task for task in tasks if task.key in self.left_out]
+        if left_out and not config.measure_untuned:
+            # what such a task runs in the model is its untuned kernel: known once measured
+            self.measure_untuned(left_out)
+        tasks = kept
         if not tasks:
             return
         searches = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ class SearchConfig:
     budget_s: wall-clock seconds in all, earlier runs on the same output folder included.
     look_s: seconds of tuning between two looks at the plans; a look happens between two
     rounds, inside the running tuning, which goes on unless the leader changed or is due to
-    be timed end to end. slice_s: the longest one tuning run goes on even so (None: a quarter
-    of the budget, 60 s to 30 min). recheck_s: the least time between two end-to-end timings
+    be timed end to end. slice_s: the longest one tuning run goes on even so (None: no
+    limit; every restart re-creates the tasks' contexts and cuts a round). recheck_s: the least time between two end-to-end timings
     of the same leader (None: a tenth of the budget, at least 60 s). suggest_batch: partitions suggested at a time. estimator_workers: Ray actors that
     estimate tasks (None: one per two CPUs Ray has, at least one). samples: schedules sampled
     per task estimate. switch_margin: how much better a plan's score must be to take the lead
@@ -56,9 +57,7 @@ class SearchConfig:
     protocol: MeasureProtocol | None = None
 
     def slice_seconds(self) -> float:
-        if self.slice_s is not None:
-            return self.slice_s
-        return min(1800.0, max(60.0, 0.25 * self.budget_s))
+        return self.slice_s if self.slice_s is not None else math.inf
 
     def recheck_seconds(self) -> float:
         if self.recheck_s is not None:

@@ -143,6 +143,10 @@ class _Search:
         self.counters = _Counters(measurements_before=len(self.store))
         self.end_to_end_s: float | None = self.state.end_to_end_s
         self.last_check_at = -math.inf  # time.monotonic() of the last end-to-end timing
+        # tasks without an estimate (their design space fails) -> untuned kernel measured yet
+        self.untunable: dict[str, bool] = {
+            key: False for key, data in self.state.estimates.items() if data.get("error")
+        }
         self.pool: EstimatorPool | None = None
         self.stop_requested = False
 
@@ -178,13 +182,15 @@ class _Search:
             while not self.budget.expired(self._reserve()) and not self.stop_requested:
                 self._propose(pool)
                 self._collect(pool, wait=0.0 if self.leader is not None else 5.0)
+                self._measure_untunable()
+                self._collect(pool, wait=0.0)
                 self._choose_leader()
                 if self.leader is None:
                     continue
                 self._tune_leader(self._reserve())
                 self._collect(pool, wait=0.0)
                 self._rescore()
-                self._check_leader(self._reserve())
+                self._check_leader()
                 self._save()
             self._collect(pool, wait=0.0)
             if self.stop_requested:
@@ -249,17 +255,35 @@ class _Search:
             self.scorer.set_estimate(key, estimate)
             self.state.estimates[key] = estimate.to_json()
             if estimate.error:
+                # it cannot be tuned (its design space fails): its untuned kernel is what a
+                # plan holding it runs, so that is measured (`_measure_untunable`)
                 log.info("task %s has no estimate: %s", key, estimate.error)
+                self.untunable.setdefault(key, False)
+        estimates = self.scorer.estimates()
         still = []
         for suggestion in self.pending:
             score = self.scorer.score(suggestion.partition)
-            if score.unknown and any(self.scorer.estimates().get(k) is None for k in score.unknown):
-                still.append(suggestion)
+            if any(
+                estimates.get(k) is None or self.untunable.get(k) is False for k in score.unknown
+            ):
+                still.append(suggestion)  # an estimate or an untuned measurement to come
                 continue
             # unknown left with a failed estimate: the plan cannot be scored, so never leads
             self._tell(suggestion.key, suggestion.partition, score)
             self.counters.plans_scored += 1
         self.pending = still
+
+    def _measure_untunable(self) -> None:
+        """The untuned kernels of the tasks that cannot be tuned, measured once each (between
+        two rounds or two runs: the runner is idle), so plans holding them can be scored."""
+        todo = [k for k, done in self.untunable.items() if not done and self.scorer.has_task(k)]
+        if not todo:
+            return
+        tasks = [self.scorer.task(key) for key in todo]
+        self.session.measure_untuned(tasks)
+        for key in todo:
+            self.untunable[key] = True
+        self._learn_measured(tasks)
 
     def _choose_leader(self) -> None:
         best = self.searcher.best(1)
@@ -379,6 +403,8 @@ class _Search:
                 self.scorer.set_measured(task.key, best[0].median if best else None, trials)
         self._propose(self.pool)
         self._collect(self.pool, wait=0.0)
+        self._measure_untunable()
+        self._collect(self.pool, wait=0.0)
         self._rescore()
         self._choose_leader()
         self._save()
@@ -388,6 +414,8 @@ class _Search:
         never timed, or its score improved 2 % since and `recheck_s` went by."""
         if self.leader is None:
             return False
+        if self.budget.left - self._reserve() < (self.end_to_end_s or 10.0):
+            return False  # no time left to time it: the tuning goes on to the end
         score = self.scorer.score(self.leader)
         if score.unknown or score.measured_share < self.config.end_to_end_share:
             return False
@@ -414,11 +442,9 @@ class _Search:
             parts = regions.costs(partition, lambda g: self.scorer.group_seconds(partition, g))
         self.searcher.on_result(key, score.seconds, parts)
 
-    def _check_leader(self, reserve: float) -> None:
+    def _check_leader(self) -> None:
         assert self.leader is not None
         if not self._end_to_end_due():
-            return
-        if self.budget.left - reserve < (self.end_to_end_s or 10.0):
             return
         score = self.scorer.score(self.leader)
         started = self.last_check_at = time.monotonic()

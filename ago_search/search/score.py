@@ -130,6 +130,9 @@ class PlanScorer:
     def task(self, key: str) -> Task:
         return self._tasks[key]
 
+    def has_task(self, key: str) -> bool:
+        return key in self._tasks
+
     def tasks_of(self, partition: Partition) -> dict[str, int]:
         """task key -> calls, for the kernels of `partition` (after `add_partitions`)."""
         calls: dict[str, int] = {}
@@ -204,12 +207,16 @@ class PlanScorer:
     # -- internals -----------------------------------------------------------------------------
 
     def _tuned(self, key: str) -> bool:
+        """Whether the task's measurement is its latency for good: tuned enough, or a task
+        that cannot be tuned (no estimate: its design space fails), whose untuned kernel is
+        what the plan runs."""
         measured = self._measured.get(key)
-        return (
-            measured is not None
-            and measured.best_seconds is not None
-            and measured.trials >= self.decent_trials
-        )
+        if measured is None or measured.best_seconds is None:
+            return False
+        if measured.trials >= self.decent_trials:
+            return True
+        estimate = self._estimates.get(key)
+        return estimate is not None and estimate.log_seconds is None
 
     def _fit_calibration(self) -> Calibration:
         diffs = []
