@@ -27,6 +27,7 @@ from ago_search.measure.threads import tvm_thread_env
 FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=5.0)
 STOCK_KEY = "test"  # TVM's own rpc_server
 ROBUST_KEY = "robust"  # ago_search.measure.rpc_server, which survives crashed sessions
+PAIR_KEY = "pair"  # two of ours under one key: two identical phones
 
 
 def _free_port() -> int:
@@ -73,7 +74,9 @@ def tracker_port() -> Iterator[int]:
     tracker = [py, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1"]
     tracker += ["--port", str(port), "--port-end", str(port + 1), "--silent"]
     servers = []
-    kinds = [("tvm.exec.rpc_server", STOCK_KEY), ("ago_search.measure.rpc_server", ROBUST_KEY)]
+    ours = "ago_search.measure.rpc_server"
+    kinds = [("tvm.exec.rpc_server", STOCK_KEY), (ours, ROBUST_KEY), (ours, PAIR_KEY)]
+    kinds.append((ours, PAIR_KEY))
     for module, key in kinds:
         server_port = _free_port()
         servers.append(
@@ -87,7 +90,11 @@ def tracker_port() -> Iterator[int]:
         listed = ""
         while time.monotonic() < deadline:
             listed = _listed_keys(port)
-            if f"server:{STOCK_KEY}" in listed and f"server:{ROBUST_KEY}" in listed:
+            if (
+                f"server:{STOCK_KEY}" in listed
+                and f"server:{ROBUST_KEY}" in listed
+                and listed.count(f"server:{PAIR_KEY}") == 2
+            ):
                 break
             time.sleep(0.5)
         else:
@@ -166,6 +173,25 @@ def test_rpc_outputs_and_a_crash_costs_one_result(tracker_port, tmp_path):
         assert all(0 < t < 0.1 for t in after.run_secs)
     finally:
         runner.close()
+
+
+@pytest.mark.slow
+def test_a_round_is_measured_on_every_device_under_the_key(tracker_port, tmp_path):
+    device = _device(tracker_port, PAIR_KEY)
+    artifact = export_candidate(compile_candidate(matmul(), device.tvm_target()), tmp_path)
+    runner = RPCRunner(device, protocol=FAST, timeout_sec=20)
+    try:
+        assert runner.devices == 2  # what the tracker lists under the key
+        args = [ms.arg_info.ArgInfo.from_json(arg) for arg in MATMUL_ARGS]
+        inputs = [ms.runner.RunnerInput(artifact, "cpu", args) for _ in range(6)]
+        results = [future.result() for future in runner.run(inputs)]
+        assert len(results) == 6
+        assert all(r.error_msg is None and len(r.run_secs) == 3 for r in results)
+        # each device's client worker (and session) took a share of the round
+        assert all(worker.pid is not None for worker, _ in runner._slots)
+    finally:
+        runner.close()
+    assert RPCRunner(device, devices=1).devices == 1
 
 
 @pytest.mark.slow

@@ -166,18 +166,20 @@ def _rpc_lease_name(key: str) -> str:
 
 
 def measurement_leases(
-    profile: DeviceProfile, lock_dir: Path | str | None = None
+    profile: DeviceProfile, lock_dir: Path | str | None = None, slot: int = 0
 ) -> tuple[DeviceLease, ...]:
     """The leases a measurement on `profile` holds exclusively, in the order to take them.
 
-    A local device is the host's cores. A device over RPC is its own lease (by its RPC key);
+    A local device is the host's cores. A device over RPC is its own lease (by its RPC key;
+    `slot` i > 0: the i-th of several devices under that key a runner measures on at once);
     when its server runs on this machine's cores, the host's lease comes after it.
     """
     from ago_search.devices import RPCConnection
 
     connection = profile.connection
     if isinstance(connection, RPCConnection):
-        own = DeviceLease(_rpc_lease_name(connection.key), lock_dir)
+        name = _rpc_lease_name(connection.key) + (f"-{slot}" if slot else "")
+        own = DeviceLease(name, lock_dir)
         if connection.shares_host_cpu:
             return (own, host_cpu_lease(lock_dir))
         return (own,)

@@ -23,6 +23,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 
 from ago_search.errors import AgoSearchError
+from ago_search.measure.lease import measurement_leases
 from ago_search.measure.protocol import MeasureProtocol
 from ago_search.measure.runner import (
     DEFAULT_RUN_TIMEOUT,
@@ -37,7 +38,13 @@ from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError
 if TYPE_CHECKING:
     from ago_search.devices import DeviceProfile, RPCConnection
 
-__all__ = ["DeviceUnavailableError", "RPCRunner", "measure_rpc", "open_rpc_session"]
+__all__ = [
+    "DeviceUnavailableError",
+    "RPCRunner",
+    "measure_rpc",
+    "open_rpc_session",
+    "tracker_device_count",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +131,31 @@ def measure_rpc(
     return result
 
 
+def tracker_device_count(connection: RPCConnection) -> int:
+    """How many servers the tracker lists under the connection's key (1 when the tracker
+    cannot be asked: the first measurement then says what is wrong)."""
+    from tvm import rpc
+
+    try:
+        tracker = rpc.connect_tracker(connection.tracker_host, int(connection.tracker_port))
+        servers = tracker.summary()["server_info"]
+    except Exception as err:  # noqa: BLE001 - an unreachable tracker is reported on first use
+        log.debug("tracker at %s:%s: %s", connection.tracker_host, connection.tracker_port, err)
+        return 1
+    wanted = f"server:{connection.key}"
+    return max(1, sum(1 for item in servers if str(item.get("key", "")) == wanted))
+
+
 @derived_object
 class RPCRunner(IsolatedRunner):
     """Times candidates on a device behind a TVM RPC tracker (the profile's connection).
 
     The RPC client runs in a subprocess with a time-out, so a server that hangs costs one
     error result. reuse_session: keep the session between candidates (see the module
-    docstring); False asks the tracker for a new one every time. connect_timeout: seconds to
+    docstring); False asks the tracker for a new one every time. devices: how many devices
+    under the key to measure on at once, each with its own client worker and session (None:
+    every server the tracker lists under the key, so a cluster of identical phones measures a
+    round in parallel). connect_timeout: seconds to
     get a session; past it, the device is taken for gone and DeviceUnavailableError raised
     (a missing device is no candidate's failure, so it is no record either).
     """
@@ -148,6 +173,7 @@ class RPCRunner(IsolatedRunner):
         connect_timeout: float = 60.0,
         output_hook: OutputHook | None = None,
         lease_dir: str | Path | None = None,
+        devices: int | None = None,
     ) -> None:
         super().__init__()
         from ago_search.devices import RPCConnection
@@ -166,6 +192,22 @@ class RPCRunner(IsolatedRunner):
         self.connection: RPCConnection = device.connection
         worker = IsolatedWorker(preload=(__name__,), name="rpc-client")
         self._setup(device, protocol, timeout_sec, output_hook, lease_dir, worker)
+        if devices is None:
+            devices = tracker_device_count(self.connection)
+        if devices < 1:
+            raise ValueError(f"devices must be >= 1, got {devices}")
+        for slot in range(1, devices):
+            self._slots.append(
+                (
+                    IsolatedWorker(preload=(__name__,), name=f"rpc-client-{slot}"),
+                    measurement_leases(device, lease_dir, slot),
+                )
+            )
+        self.devices = devices
+        if devices > 1:
+            log.info(
+                "RPCRunner: measuring on %d devices under key %r", devices, self.connection.key
+            )
 
     def _connection_json(self) -> dict:
         return {

@@ -27,10 +27,13 @@ callback asks `runner.status_of(result)`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -356,10 +359,24 @@ class IsolatedRunner(PyRunner):
         self.protocol = protocol
         self.timeout_sec = timeout_sec
         self.output_hook = output_hook
-        self.leases: tuple[DeviceLease, ...] = measurement_leases(device, lease_dir)
         self.host_lease = host_cpu_lease(lease_dir)
-        self.worker = worker
+        # One slot a device the runner measures on at once: its worker and the leases a
+        # measurement holds. A runner over several devices (RPCRunner(devices=N)) has N and
+        # measures on them from N threads; each thread sees its own as `worker`/`leases`.
+        self._slots: list[tuple[IsolatedWorker, tuple[DeviceLease, ...]]] = [
+            (worker, measurement_leases(device, lease_dir))
+        ]
+        self._current = threading.local()
+        self._hook_lock = threading.Lock()  # the output hook is used from one thread at a time
         self.statuses = ResultStatuses()
+
+    @property
+    def worker(self) -> IsolatedWorker:
+        return self._slots[getattr(self._current, "slot", 0)][0]
+
+    @property
+    def leases(self) -> tuple[DeviceLease, ...]:
+        return self._slots[getattr(self._current, "slot", 0)][1]
 
     def status_of(self, result: RunnerResult) -> Status | None:
         """Why a RunnerResult this runner returned failed; None if it did not (or is not one
@@ -479,7 +496,8 @@ class IsolatedRunner(PyRunner):
         """One MetaSchedule RunnerInput, with the output hook's check when there is one."""
         args_info = [info.as_json() for info in runner_input.args_info]
         hook = self.output_hook
-        inputs = hook.inputs_for(runner_input) if hook is not None else None
+        with self._hook_lock:
+            inputs = hook.inputs_for(runner_input) if hook is not None else None
         result = self.measure(
             str(runner_input.artifact_path),
             args_info,
@@ -488,7 +506,8 @@ class IsolatedRunner(PyRunner):
             return_outputs=inputs is not None,
         )
         if hook is not None and result.ok and result.outputs is not None:
-            problem = hook.check(runner_input, result.outputs)
+            with self._hook_lock:
+                problem = hook.check(runner_input, result.outputs)
             if problem is not None:
                 return dataclasses.replace(
                     result,
@@ -499,15 +518,35 @@ class IsolatedRunner(PyRunner):
         return result
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
-        results = []
-        for runner_input in runner_inputs:
-            measurement = self.measure_input(runner_input)
-            if not measurement.ok:
-                log.debug("%s: %s", self._label, (measurement.error or "").splitlines()[0])
-            result = self.statuses.remember(measurement.to_runner_result(), measurement.status)
-            results.append(_FinishedFuture(result))
-        return results
+        if len(self._slots) == 1 or len(runner_inputs) < 2:
+            return [_FinishedFuture(self._run_one(r)) for r in runner_inputs]
+        # several devices: each slot's thread takes the next input until none is left
+        results: list[RunnerResult | None] = [None] * len(runner_inputs)
+        todo = queue.SimpleQueue()
+        for index in range(len(runner_inputs)):
+            todo.put(index)
+
+        def drain(slot: int) -> None:
+            self._current.slot = slot
+            while True:
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[index] = self._run_one(runner_inputs[index])
+
+        with concurrent.futures.ThreadPoolExecutor(len(self._slots)) as pool:
+            for done in [pool.submit(drain, slot) for slot in range(len(self._slots))]:
+                done.result()
+        return [_FinishedFuture(r) for r in results if r is not None]
+
+    def _run_one(self, runner_input: RunnerInput) -> RunnerResult:
+        measurement = self.measure_input(runner_input)
+        if not measurement.ok:
+            log.debug("%s: %s", self._label, (measurement.error or "").splitlines()[0])
+        return self.statuses.remember(measurement.to_runner_result(), measurement.status)
 
     def close(self) -> None:
-        """Stop the worker subprocess (a later measurement starts a new one)."""
-        self.worker.close()
+        """Stop the worker subprocesses (a later measurement starts new ones)."""
+        for worker, _ in self._slots:
+            worker.close()
