@@ -95,7 +95,7 @@ def _wait_for_records(db: Path, more_than: int, timeout: float, proc=None) -> in
 def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block_path, tmp_path):
     out = tmp_path / "out"
     db = out / "tuning.db"
-    budget = 75.0
+    budget = 100.0  # a run starts in ~20 s (Ray, the estimators, the GNN's first compile)
 
     # Ctrl-C: stops within seconds, exit 130, state and measurements kept
     proc = subprocess.Popen(_search_script(block_path, out, budget), stderr=subprocess.PIPE)

@@ -174,7 +174,6 @@ class _Search:
             work_dir=self.folder.path,
         )
         self.pool = pool
-        self.estimator_nodes = len(pool.nodes())
         previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         interrupted = False
         try:
@@ -514,6 +513,14 @@ class _Search:
             return ranked[0][0]
         return seed_partition(self.prepared, "tvm").partition
 
+    def _estimator_nodes(self) -> int:
+        """The Ray nodes the estimators ran on (asked at the end: asking at the start would
+        wait for every actor to start)."""
+        try:
+            return len(self.pool.nodes()) if self.pool is not None else 0
+        except Exception:  # noqa: BLE001 - a lost actor costs the count, not the summary
+            return 0
+
     def _summary(self, final: PlanMeasurement | None, interrupted: bool) -> dict[str, Any]:
         return search_summary(
             model=self.imported.path,
@@ -524,7 +531,7 @@ class _Search:
             interrupted=interrupted,
             plans_scored=len(self.searcher.scored()),
             plans_suggested=len(self.searcher),
-            estimator_nodes=getattr(self, "estimator_nodes", 0),
+            estimator_nodes=self._estimator_nodes(),
             measurements=len(self.store),
             measurements_before=self.counters.measurements_before,
             outputs={
