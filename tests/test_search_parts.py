@@ -155,3 +155,11 @@ def test_scorer_sums_calls_and_calibrates_on_tuned_tasks(squeezenet):
     # a task measured a little (under decent_trials) counts the better of both
     scorer.set_measured(keys[2], 1e-9, trials=1)
     assert scorer.task_seconds(keys[2]) == (1e-9, False)
+    # a task that cannot be tuned (no estimate) is unknown until its untuned kernel is
+    # measured, then that measurement is its latency for good
+    scorer.set_estimate(keys[3], TaskEstimate(None, None, 0, 0.1, "ScheduleError"))
+    assert keys[3] in scorer.score(partition).unknown
+    scorer.set_measured(keys[3], 5e-4, trials=0)
+    assert scorer.task_seconds(keys[3]) == (5e-4, True)
+    assert not scorer.score(partition).unknown
+    assert scorer.calibration.tasks == 2  # it calibrates nothing: it has no estimate

@@ -300,14 +300,24 @@ class _Search:
         if partition == self.leader:
             return
         current = self.scorer.score(self.leader)
+        if current.unknown:
+            # unknown for good: a task without an estimate whose untuned kernel was measured
+            # and gave no latency; anything else unknown is still to come, so the leader stays
+            estimates = self.scorer.estimates()
+            lost = [
+                k for k in current.unknown if estimates.get(k) is not None and self.untunable.get(k)
+            ]
+            if lost:
+                self._set_leader(partition, origin)
+            return
         # Every task of the leader decent first: while its first pass is not done a challenger
         # must be clearly better, or switching would leave both plans half tuned.
         margin = self.config.switch_margin
-        if current.measured_share < self.config.end_to_end_share and not current.unknown:
+        if current.measured_share < self.config.end_to_end_share:
             if self.config.early_switch_margin is None:
                 return
             margin = max(margin, self.config.early_switch_margin)
-        if current.unknown or score < current.seconds * (1 - margin):
+        if score < current.seconds * (1 - margin):
             self._set_leader(partition, origin)
 
     def _set_leader(self, partition: Partition, why: str) -> None:
@@ -506,6 +516,14 @@ class _Search:
             for key, partition, _ in self.searcher.scored():
                 if key == best["plan"]:
                     return partition
+        # never timed end to end: the best-scored plan whose score is mostly measured
+        measured = [
+            (score, partition)
+            for _, partition, score in self.searcher.scored()
+            if self.scorer.score(partition).measured_share >= self.config.end_to_end_share
+        ]
+        if measured:
+            return min(measured, key=lambda item: item[0])[1]
         if self.leader is not None:
             return self.leader
         ranked = self.searcher.best(1)
