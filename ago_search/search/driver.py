@@ -358,10 +358,14 @@ class _Search:
         self.slices += 1
         leader = self.leader
         last_look = started
-        why = "the deadline"
+        why: str | None = None  # why the run ended, once it should
 
         def stop() -> bool:
+            # Asked by every task's search before each of its rounds; once it says True it
+            # keeps saying so, or the other tasks would go on with rounds until their next look.
             nonlocal last_look, why
+            if why is not None:
+                return True
             if self.stop_requested:
                 why = "Ctrl-C"
                 return True
@@ -371,15 +375,18 @@ class _Search:
             last_look = now
             try:  # an exception must not reach MetaSchedule's C++ loop (it would abort)
                 self._look(tasks)
+                # a leader due to be timed end to end is timed before any challenger takes
+                # over: the best verified plan on disk is a tuned one
+                if self._end_to_end_due():
+                    why = "an end-to-end timing"
+                    return True
+                self._choose_leader()
             except Exception:
                 log.exception("looking at the plans failed; the tuning run ends here")
                 why = "an error while looking"
                 return True
             if self.leader is not leader:
                 why = "a new leader"
-                return True
-            if self._end_to_end_due():
-                why = "an end-to-end timing"
                 return True
             return False
 
@@ -395,15 +402,15 @@ class _Search:
             report.trials_run,
             len(tasks),
             report.wall_s,
-            why,
+            why or "the deadline",
             self.scorer.calibration.offset,
             self.scorer.calibration.tasks,
         )
 
     def _look(self, tasks: list[Task]) -> None:
         """Between two rounds of a tuning run: what was measured so far is known to the scorer,
-        plans are proposed, estimates collected, every plan scored again, the leader chosen,
-        the state saved."""
+        plans are proposed, estimates collected, every plan scored again, the state saved
+        (the leader is chosen after it, in the run's `stop`)."""
         assert self.pool is not None
         for task in tasks:  # two light queries a task, not every record read back
             trials = len(self.store.measured(task.key, self.device.key))
@@ -415,7 +422,6 @@ class _Search:
         self._measure_untunable()
         self._collect(self.pool, wait=0.0)
         self._rescore()
-        self._choose_leader()
         self._save()
 
     def _end_to_end_due(self) -> bool:
