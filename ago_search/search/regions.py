@@ -62,10 +62,6 @@ class Regions:
         return (self.of_position[-1] + 1) if self.of_position else 0
 
     @staticmethod
-    def whole(index: GraphIndex) -> Regions:
-        return Regions((0,) * len(index))
-
-    @staticmethod
     def at_cut_points(
         index: GraphIndex, partitions: Sequence[Partition] = (), min_complex: int = 2
     ) -> Regions:
