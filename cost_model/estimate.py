@@ -30,13 +30,16 @@ log = logging.getLogger(__name__)
 class TaskEstimate:
     """log_seconds: the `quantile` of the predicted log latencies (natural log of seconds) of
     `samples` candidates; best_log_seconds: their minimum. `error` says why a task has no
-    estimate (its design space cannot be generated); then both are None."""
+    estimate (its design space cannot be generated); then both are None. distinct: how many
+    different predictions the samples got, a lower bound of the design space's size (a
+    concat's or reshape's space holds one schedule; None: not known)."""
 
     log_seconds: float | None
     best_log_seconds: float | None
     samples: int
     seconds: float
     error: str | None = None
+    distinct: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +48,7 @@ class TaskEstimate:
             "samples": self.samples,
             "seconds": self.seconds,
             "error": self.error,
+            "distinct": self.distinct,
         }
 
     @staticmethod
@@ -55,6 +59,7 @@ class TaskEstimate:
             int(data.get("samples", 0)),
             float(data.get("seconds", 0.0)),
             data.get("error"),
+            data.get("distinct"),
         )
 
 
@@ -118,6 +123,7 @@ class LatencyEstimator:
             float(predicted.min()),
             len(graphs),
             time.perf_counter() - started,
+            distinct=len(np.unique(np.round(predicted, 9))),
         )
 
     def _sample(self, mod: Any) -> list[Any]:

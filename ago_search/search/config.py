@@ -30,8 +30,11 @@ class SearchConfig:
     time.
     round_trials: candidates measured per round of a task (the first pass gives every task of
     the leading plan one round before any gets a second).
-    end_to_end_share: a leader is timed end to end once at least this share of its predicted
-    kernel time comes from measurements.
+    end_to_end_share: without any end-to-end timing, finishing builds the best plan whose
+    tasks are all tuned, else the best with at least this share of its predicted kernel time
+    measured (a leader is timed end to end once all its tasks are tuned).
+    first_pass_share: a challenger takes the lead only if tuning its untuned tasks once
+    (a round each, at the rounds' observed pace) fits in this share of the budget left.
     divide: divide and conquer (`search/regions.py`): regions at single-tensor cut points,
     each holding at least `region_min_complex` convs/matmuls; moves stay inside a region and
     the best of every region are joined.
@@ -51,6 +54,7 @@ class SearchConfig:
     explore_share: float = 0.15
     round_trials: int = 16
     end_to_end_share: float = 0.9
+    first_pass_share: float = 0.5
     divide: bool = True
     region_min_complex: int = 3
     limits: GroupLimits = field(default_factory=GroupLimits)

@@ -149,6 +149,9 @@ class _Search:
         }
         self.pool: EstimatorPool | None = None
         self.stop_requested = False
+        # seconds one round of one task takes (search, builds, measurements), as last seen;
+        # MobileNetV2's 16-trial rounds took 8-14 s on 2 cores
+        self.round_s = 10.0
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -282,7 +285,15 @@ class _Search:
         self.session.measure_untuned(tasks)
         for key in todo:
             self.untunable[key] = True
+            self.scorer.set_untunable(key)
         self._learn_measured(tasks)
+
+    def _note_failing(self, key: str, best_seconds: float | None, trials: int) -> None:
+        """A task whose first rounds gave no working schedule runs untuned in its plans until
+        one works: its untuned kernel is measured (`_measure_untunable`) so the plans can be
+        scored and timed."""
+        if best_seconds is None and trials >= 2 * self.config.round_trials:
+            self.untunable.setdefault(key, False)
 
     def _choose_leader(self) -> None:
         best = self.searcher.best(1)
@@ -313,12 +324,29 @@ class _Search:
         # Every task of the leader decent first: while its first pass is not done a challenger
         # must be clearly better, or switching would leave both plans half tuned.
         margin = self.config.switch_margin
-        if current.measured_share < self.config.end_to_end_share:
+        if current.untuned:
             if self.config.early_switch_margin is None:
                 return
             margin = max(margin, self.config.early_switch_margin)
-        if score < current.seconds * (1 - margin):
-            self._set_leader(partition, origin)
+        if score >= current.seconds * (1 - margin):
+            return
+        # A challenger is worth its first pass only if the budget leaves time for it and more:
+        # a 10-min MobileNetV2 search took the lead for a plan with 12 tasks still to tune,
+        # spent the rest of the budget on them and finished with the first plan, half tuned.
+        to_tune = len(self.scorer.score(partition).untuned)
+        needed = to_tune * self.round_s
+        left = self.budget.left - self._reserve()
+        if needed > self.config.first_pass_share * left:
+            log.debug(
+                "plan %s (%s) not taken: %d tasks to tune (~%.0f s) with %.0f s left",
+                partition.fingerprint()[:10],
+                _ms(score),
+                to_tune,
+                needed,
+                left,
+            )
+            return
+        self._set_leader(partition, origin)
 
     def _set_leader(self, partition: Partition, why: str) -> None:
         if self.leader is not None and partition == self.leader:
@@ -395,6 +423,10 @@ class _Search:
         )
         for result in report.tasks:
             self.scorer.set_measured(result.key, result.best_seconds, result.trials)
+            self._note_failing(result.key, result.best_seconds, result.trials)
+        if report.trials_run >= self.config.round_trials:
+            rounds = report.trials_run / self.config.round_trials
+            self.round_s = report.wall_s / rounds
         log.info(
             "tuning run %d: %d trials on %d tasks in %.0f s, ended by %s; "
             "calibration %+.2f (log) over %d tasks",
@@ -416,7 +448,9 @@ class _Search:
             trials = len(self.store.measured(task.key, self.device.key))
             if trials:
                 best = self.store.best(task.key, self.device.key)
-                self.scorer.set_measured(task.key, best[0].median if best else None, trials)
+                seconds = best[0].median if best else None
+                self.scorer.set_measured(task.key, seconds, trials)
+                self._note_failing(task.key, seconds, trials)
         self._propose(self.pool)
         self._collect(self.pool, wait=0.0)
         self._measure_untunable()
@@ -432,7 +466,7 @@ class _Search:
         if self.budget.left - self._reserve() < (self.end_to_end_s or 10.0):
             return False  # no time left to time it: the tuning goes on to the end
         score = self.scorer.score(self.leader)
-        if score.unknown or score.measured_share < self.config.end_to_end_share:
+        if not score.final:
             return False
         previous = self.last_end_to_end.get(self.leader_key or "")
         if previous is None:
@@ -522,14 +556,16 @@ class _Search:
             for key, partition, _ in self.searcher.scored():
                 if key == best["plan"]:
                     return partition
-        # never timed end to end: the best-scored plan whose score is mostly measured
-        measured = [
-            (score, partition)
-            for _, partition, score in self.searcher.scored()
-            if self.scorer.score(partition).measured_share >= self.config.end_to_end_share
-        ]
-        if measured:
-            return min(measured, key=lambda item: item[0])[1]
+        # never timed end to end: the best-scored plan whose tasks are all tuned, else one
+        # whose score is mostly measured
+        scored = [(self.scorer.score(p), p) for _, p, _ in self.searcher.scored()]
+        for keep in (
+            lambda s: s.final,
+            lambda s: not s.unknown and s.measured_share >= self.config.end_to_end_share,
+        ):
+            kept = [(s.seconds, p) for s, p in scored if keep(s)]
+            if kept:
+                return min(kept, key=lambda item: item[0])[1]
         if self.leader is not None:
             return self.leader
         ranked = self.searcher.best(1)
