@@ -508,7 +508,11 @@ class _Search:
             "verified": measured.verified,
             "errors": list(measured.errors),
             "at_s": self.budget.spent,
+            "time": time.time(),  # the records measured by then are what it was built with
         }
+        timed = self.folder.timed_plan(self.leader_key or "")
+        timed.parent.mkdir(exist_ok=True)
+        planned.plan.save(timed)
         self.state.end_to_end.append(entry)
         self.last_end_to_end[self.leader_key or ""] = score.seconds
         best = self.state.best

@@ -9,6 +9,7 @@ never disturbs one. On a Ray cluster (`--ray-address`) the actors spread over it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -44,6 +45,10 @@ class EstimatorWorker:
 
         with host_cpu_lease().shared():
             return key, self.estimator.estimate(mod).to_json()
+
+    def close(self) -> None:
+        """Stop the sampling worker (and remove its log file)."""
+        self.estimator.close()
 
     def node(self) -> str:
         """The Ray node this actor runs on."""
@@ -146,6 +151,11 @@ class EstimatorPool:
     def close(self) -> None:
         import ray
 
+        # the actors stop their sampling workers first (a killed actor leaves its worker's
+        # log file behind); an actor busy past the wait is killed all the same
+        closing = [actor.close.remote() for actor in self._actors]
+        with contextlib.suppress(Exception):
+            ray.wait(closing, num_returns=len(closing), timeout=5.0)
         for actor in self._actors:
             ray.kill(actor)
         self._actors, self._running = [], {}
