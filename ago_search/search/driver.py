@@ -473,6 +473,12 @@ class _Search:
             return True
         if score.seconds > previous * 0.98:
             return False
+        # timing a plan costs a build and two processes (MobileNetV2: ~17 s): re-timings
+        # take at most `check_share` of the time spent (a 10-min search re-timed its leader
+        # every minute, 3 x 17 s of 250)
+        spent_timing = sum(e.get("seconds", 0.0) for e in self.state.end_to_end)
+        if spent_timing + (self.end_to_end_s or 0.0) > self.config.check_share * self.budget.spent:
+            return False
         return time.monotonic() - self.last_check_at >= self.config.recheck_seconds()
 
     def _rescore(self) -> None:
@@ -509,6 +515,7 @@ class _Search:
             "errors": list(measured.errors),
             "at_s": self.budget.spent,
             "time": time.time(),  # the records measured by then are what it was built with
+            "seconds": self.end_to_end_s,
         }
         timed = self.folder.timed_plan(self.leader_key or "")
         timed.parent.mkdir(exist_ok=True)
