@@ -169,6 +169,7 @@ class _Search:
             workers=workers,
             samples=self.config.samples,
             seed=self.config.seed,
+            share=self.config.explore_share,
         )
         self.session = TuningSession(
             self.device,
@@ -235,7 +236,8 @@ class _Search:
     def _propose(self, pool: EstimatorPool) -> None:
         # The split between proposing and measuring: estimating shares the cores with the
         # tuning's own search and builds, so its CPU time is held to `explore_share` of the
-        # wall time spent (the seeds are always estimated).
+        # wall time spent: here for new proposals (the seeds are always proposed), and in the
+        # pool for every estimate, the seeds' too.
         if pool.pending >= 2 * pool.workers:
             return
         if len(self.searcher) >= 3 and pool.seconds > self.config.explore_share * (
