@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--export", type=Path, default=None, help="write the re-measured records here (.jsonl.gz)"
     )
     again.add_argument("--json", type=Path, help="write the summary as JSON here")
+    # -v after the command too (`ago-search model.onnx --budget 5m -v`); given there it counts
+    # in place of the one before the command
+    for command in sub.choices.values():
+        command.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
+        )
     return parser
 
 

@@ -182,3 +182,14 @@ def test_tune_tasks_fills_the_database_and_verifies_the_tuned_build(tmp_path):
         assert len(mine) - len(untuned) == task["trials"] == task["new_trials"] == 2
         assert all(r.status is not Status.WRONG_RESULT for r in mine)
         assert task["best_seconds"] <= task["untuned_seconds"]
+
+
+def test_verbose_flag_is_taken_before_or_after_the_command():
+    from ago_search.cli import _with_command, build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-v", "inspect", "m.onnx"]).verbose == 1
+    assert parser.parse_args(["inspect", "m.onnx", "-vv"]).verbose == 2
+    assert parser.parse_args(["inspect", "m.onnx"]).verbose == 0
+    args = parser.parse_args(_with_command(["m.onnx", "--budget", "5m", "-v"]))
+    assert args.command == "search" and args.verbose == 1

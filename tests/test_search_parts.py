@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import networkx as nx
 import pytest
@@ -206,3 +207,37 @@ def test_a_task_with_a_tiny_design_space_is_tuned_after_its_few_schedules(squeez
     scorer.set_measured(concat.key, 1e-5, trials=1)
     scorer.set_measured(conv.key, 1e-4, trials=1)
     assert scorer.is_final(concat.key) and not scorer.is_final(conv.key)
+
+
+@pytest.mark.slow
+def test_the_estimator_pool_paces_estimates_to_its_share(squeezenet):
+    """On 2 cores every estimate slows the tuning beside it: the pool hands tasks to its
+    actors only while their CPU time stays within its share of the wall time."""
+    import ray
+
+    from ago_search.search.estimators import EstimatorPool
+
+    scorer = PlanScorer(squeezenet)
+    tasks = scorer.add_partitions([seed_partition(squeezenet, "tvm").partition])[:4]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        pool = EstimatorPool(squeezenet.target, workers=1, samples=4, share=0.0, head_start_s=0.0)
+        try:
+            assert pool.submit({t.key: t.mod for t in tasks}) == 4
+            assert pool.submit({tasks[0].key: tasks[0].mod}) == 0  # never twice
+            first = pool.drain(timeout=0)  # nothing waited for
+            assert pool.pending == 4 - len(first)
+            got = {}
+            deadline = time.monotonic() + 120
+            while not got and time.monotonic() < deadline:
+                got.update(pool.poll(timeout=5.0))
+            assert len(got) == 1 and pool.seconds > 0  # the one let out at the start
+            time.sleep(1.0)
+            assert pool.poll(timeout=1.0) == {} and pool.pending == 3  # over its share: held
+            rest = pool.drain(timeout=300)  # draining hands out everything
+            assert len(rest) == 3 and pool.pending == 0
+            assert all(e.log_seconds is not None for e in [*got.values(), *rest.values()])
+        finally:
+            pool.close()
+    finally:
+        ray.shutdown()

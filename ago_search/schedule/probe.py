@@ -61,21 +61,28 @@ def as_target(target: Any) -> Any:
 
 
 def sample_candidates(
-    mod: Any, target: Any, samples: int, seed: int = 0, num_threads: int = 1
+    mod: Any,
+    target: Any,
+    samples: int,
+    seed: int = 0,
+    num_threads: int = 1,
+    rules: str = "default",
 ) -> tuple[Any, list[Any]]:
-    """The task's design space (post-order-apply) and `samples` schedules replayed from it
-    with random decisions and its postprocessors: (the TuneContext, the MeasureCandidates).
-    Raises what MetaSchedule raises (a ScheduleError of a schedule rule)."""
+    """The task's design space (post-order-apply with the rule set `rules`,
+    `schedule.rules`) and `samples` schedules replayed from it with random decisions and its
+    postprocessors: (the TuneContext, the MeasureCandidates). Raises what MetaSchedule raises
+    (a ScheduleError of a schedule rule)."""
     from tvm.s_tir import meta_schedule as ms
 
     from ago_search.measure.intrinsics import register_cpu_tensor_intrinsics
+    from ago_search.schedule.rules import space_generator
 
     target = as_target(target)
     register_cpu_tensor_intrinsics(target)  # else TuneContext imports every backend's: ~26 s
     context = ms.TuneContext(
         mod=mod,
         target=target,
-        space_generator="post-order-apply",
+        space_generator=space_generator(rules),
         search_strategy=ms.search_strategy.ReplayTrace(),
         task_name="probe",
         rand_state=seed,
@@ -96,10 +103,12 @@ def sample_candidates(
     return context, candidates
 
 
-def probe_task(mod: Any, target: str, samples: int, seed: int, num_threads: int) -> int:
+def probe_task(
+    mod: Any, target: str, samples: int, seed: int, num_threads: int, rules: str = "default"
+) -> int:
     """What the probe worker runs: the design space and `samples` schedules of one task;
     how many schedules came out (0: the space samples nothing valid)."""
-    _, candidates = sample_candidates(mod, target, samples, seed, num_threads)
+    _, candidates = sample_candidates(mod, target, samples, seed, num_threads, rules)
     return len(candidates)
 
 
@@ -141,8 +150,11 @@ class TaskProbe:
     def close(self) -> None:
         self._worker.close()
 
-    def probe(self, mod: Any, target: Any, num_threads: int = 1) -> ProbeResult:
-        """Whether the task's design space can be generated and sampled within the limits."""
+    def probe(
+        self, mod: Any, target: Any, num_threads: int = 1, rules: str = "default"
+    ) -> ProbeResult:
+        """Whether the task's design space (rule set `rules`) can be generated and sampled
+        within the limits."""
         try:
             count = self._worker.call(
                 f"{__name__}:probe_task",
@@ -151,6 +163,7 @@ class TaskProbe:
                 self.samples,
                 self.seed,
                 num_threads,
+                rules,
                 timeout=self.timeout_s,
             )
         except WorkerCallError as err:

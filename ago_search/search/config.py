@@ -21,9 +21,11 @@ class SearchConfig:
     look_s: seconds of tuning between two looks at the plans; a look happens between two
     rounds, inside the running tuning, which goes on unless the leader changed or is due to
     be timed end to end. slice_s: the longest one tuning run goes on even so (None: no
-    limit; every restart re-creates the tasks' contexts and cuts a round). recheck_s: the least time between two end-to-end timings
-    of the same leader (None: a tenth of the budget, at least 60 s). suggest_batch: partitions suggested at a time. estimator_workers: Ray actors that
-    estimate tasks (None: one per two CPUs Ray has, at least one). samples: schedules sampled
+    limit; every restart re-creates the tasks' contexts and cuts a round). recheck_s: the
+    least time between two end-to-end timings of the same leader (None: a tenth of the
+    budget, at least 60 s); check_share: the most of the time spent that re-timings (after
+    the first) may take in all. suggest_batch: partitions suggested at a time.
+    estimator_workers: Ray actors that estimate tasks (None: one per two CPUs Ray has, at least one). samples: schedules sampled
     per task estimate. switch_margin: how much better a plan's score must be to take the lead
     (early_switch_margin while the leader's first pass is not done; None: no switch before
     it is done). explore_share: the most CPU time estimating may take, as a share of the wall
@@ -46,6 +48,7 @@ class SearchConfig:
     slice_s: float | None = None
     look_s: float = 10.0
     recheck_s: float | None = None
+    check_share: float = 0.06
     suggest_batch: int = 8
     estimator_workers: int | None = None
     samples: int = 32  # 64 cost 1.0 s a MobileNetV2 task, 32 0.5 s, estimates within 0.4 (log)

@@ -169,6 +169,7 @@ class _Search:
             workers=workers,
             samples=self.config.samples,
             seed=self.config.seed,
+            share=self.config.explore_share,
         )
         self.session = TuningSession(
             self.device,
@@ -235,7 +236,8 @@ class _Search:
     def _propose(self, pool: EstimatorPool) -> None:
         # The split between proposing and measuring: estimating shares the cores with the
         # tuning's own search and builds, so its CPU time is held to `explore_share` of the
-        # wall time spent (the seeds are always estimated).
+        # wall time spent: here for new proposals (the seeds are always proposed), and in the
+        # pool for every estimate, the seeds' too.
         if pool.pending >= 2 * pool.workers:
             return
         if len(self.searcher) >= 3 and pool.seconds > self.config.explore_share * (
@@ -473,6 +475,12 @@ class _Search:
             return True
         if score.seconds > previous * 0.98:
             return False
+        # timing a plan costs a build and two processes (MobileNetV2: ~17 s): re-timings
+        # take at most `check_share` of the time spent (a 10-min search re-timed its leader
+        # every minute, 3 x 17 s of 250)
+        spent_timing = sum(e.get("seconds", 0.0) for e in self.state.end_to_end)
+        if spent_timing + (self.end_to_end_s or 0.0) > self.config.check_share * self.budget.spent:
+            return False
         return time.monotonic() - self.last_check_at >= self.config.recheck_seconds()
 
     def _rescore(self) -> None:
@@ -508,7 +516,12 @@ class _Search:
             "verified": measured.verified,
             "errors": list(measured.errors),
             "at_s": self.budget.spent,
+            "time": time.time(),  # the records measured by then are what it was built with
+            "seconds": self.end_to_end_s,
         }
+        timed = self.folder.timed_plan(self.leader_key or "")
+        timed.parent.mkdir(exist_ok=True)
+        planned.plan.save(timed)
         self.state.end_to_end.append(entry)
         self.last_end_to_end[self.leader_key or ""] = score.seconds
         best = self.state.best

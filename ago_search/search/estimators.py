@@ -9,6 +9,7 @@ never disturbs one. On a Ray cluster (`--ray-address`) the actors spread over it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -45,6 +46,10 @@ class EstimatorWorker:
         with host_cpu_lease().shared():
             return key, self.estimator.estimate(mod).to_json()
 
+    def close(self) -> None:
+        """Stop the sampling worker (and remove its log file)."""
+        self.estimator.close()
+
     def node(self) -> str:
         """The Ray node this actor runs on."""
         import ray
@@ -67,6 +72,8 @@ class EstimatorPool:
         samples: int = 64,
         seed: int = 0,
         lease: bool = True,
+        share: float | None = None,
+        head_start_s: float = 5.0,
     ) -> None:
         import ray
 
@@ -79,23 +86,41 @@ class EstimatorPool:
         ]
         self._next = 0
         self._running: dict[Any, str] = {}  # object ref -> task key
+        self._backlog: list[tuple[str, Any]] = []  # submitted, not handed to an actor yet
         self._submitted: set[str] = set()
+        self.share = share
+        self.head_start_s = head_start_s
+        self._started = time.monotonic()
         self.seconds = 0.0
         self.done = 0
 
     def submit(self, tasks: Mapping[str, Any]) -> int:
-        """Queue tasks (key -> Task.mod) not submitted before; how many were new. Each actor
-        works through its queue on its own: nothing waits for the driver to poll."""
+        """Queue tasks (key -> Task.mod) not submitted before; how many were new. They go to
+        the actors as `share` allows (see `_dispatch`)."""
         new = 0
         for key, mod in tasks.items():
             if key in self._submitted:
                 continue
             self._submitted.add(key)
+            self._backlog.append((key, mod))
+            new += 1
+        self._dispatch()
+        return new
+
+    def _dispatch(self, force: bool = False) -> None:
+        """Hand queued tasks to the actors, one in flight per actor, while the estimates' CPU
+        time so far is within `share` of the wall time since the pool started (plus a head
+        start). On 2 cores every estimate slows the tuning beside it: ResNet-18's first pass
+        ran 27 % fewer trials than tune-tasks' while its three seeds' tasks were estimated."""
+        while self._backlog and len(self._running) < len(self._actors):
+            if not force and self.share is not None:
+                allowed = self.share * (time.monotonic() - self._started) + self.head_start_s
+                if self.seconds > allowed:
+                    return
+            key, mod = self._backlog.pop(0)
             actor = self._actors[self._next % len(self._actors)]
             self._next += 1
             self._running[actor.estimate.remote(key, mod)] = key
-            new += 1
-        return new
 
     def nodes(self) -> set[str]:
         """The Ray nodes the actors run on."""
@@ -109,13 +134,16 @@ class EstimatorPool:
 
     @property
     def pending(self) -> int:
-        return len(self._running)
+        """Tasks submitted and not estimated yet (in flight or queued)."""
+        return len(self._running) + len(self._backlog)
 
-    def poll(self, timeout: float = 0.0) -> dict[str, TaskEstimate]:
-        """The estimates finished by now (waiting up to `timeout` s for the first one)."""
+    def poll(self, timeout: float = 0.0, force: bool = False) -> dict[str, TaskEstimate]:
+        """The estimates finished by now (waiting up to `timeout` s for the first one); queued
+        tasks go out as the share allows (`force`: regardless)."""
         import ray
 
         out: dict[str, TaskEstimate] = {}
+        self._dispatch(force)
         if not self._running:
             return out
         refs = list(self._running)
@@ -133,6 +161,7 @@ class EstimatorPool:
             self.seconds += estimate.seconds
             self.done += 1
             out[key] = estimate
+        self._dispatch(force)
         return out
 
     def drain(self, timeout: float) -> dict[str, TaskEstimate]:
@@ -140,12 +169,17 @@ class EstimatorPool:
         out: dict[str, TaskEstimate] = {}
         deadline = time.monotonic() + timeout
         while self.pending and time.monotonic() < deadline:
-            out.update(self.poll(timeout=max(0.0, deadline - time.monotonic())))
+            out.update(self.poll(timeout=max(0.0, deadline - time.monotonic()), force=True))
         return out
 
     def close(self) -> None:
         import ray
 
+        # the actors stop their sampling workers first (a killed actor leaves its worker's
+        # log file behind); an actor busy past the wait is killed all the same
+        closing = [actor.close.remote() for actor in self._actors]
+        with contextlib.suppress(Exception):
+            ray.wait(closing, num_returns=len(closing), timeout=5.0)
         for actor in self._actors:
             ray.kill(actor)
         self._actors, self._running = [], {}

@@ -5,6 +5,8 @@
                            the searcher's plans and scores, the task estimates, end-to-end
                            measurements; rewritten atomically after every step
     OUT/plan.json          the best verified plan so far (and at the end)
+    OUT/plans/KEY.json     every plan timed end to end (KEY: the plan's key in the state's
+                           end-to-end timings), so any of them can be built again
     OUT/model.so           its compiled library, loadable with the TVM runtime alone
     OUT/summary.json       latencies of ONNX Runtime, TVM's default build and the plan found,
                            each verified against ONNX Runtime; written when the search finishes
@@ -125,6 +127,10 @@ class OutputFolder:
     @property
     def plan(self) -> Path:
         return self.path / "plan.json"
+
+    def timed_plan(self, key: str) -> Path:
+        """Where the plan `key` timed end to end is kept."""
+        return self.path / "plans" / f"{key}.json"
 
     @property
     def library(self) -> Path:

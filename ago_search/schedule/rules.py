@@ -1,0 +1,62 @@
+"""Schedule-rule sets for a task's design space, by name.
+
+MetaSchedule's default rules for CPUs (`ScheduleRule.create("llvm")`: inline, rfactor,
+multi-level tiling with a fused write cache, parallelize/vectorize/unroll, random compute
+location) were written for one complex op per kernel. On groups of several convs (AGO's
+intensive fusion) their design space often fails to generate: a `ScheduleError` in
+`reverse-compute-at` (the write cache of one conv moved under its tiles while the next conv's
+padding reads a halo of it), seen on 2 of MobileNetV2's and 4 of SqueezeNet's multi-conv
+groups; or it generates wrong code (TVM_NOTES.md: the second conv's padding moved into the
+first conv's tiles). The variants here change only what touches that:
+
+- "default": MetaSchedule's own (the target's; `"from-target"`);
+- "no-write-fuse": multi-level tiling without the fused write cache (each complex op writes its
+  whole output, then the next reads it, inside the one kernel);
+- "no-compute-location": the default without `RandomComputeLocation`;
+- "plain": both changes.
+
+`space_generator(rules)` makes the post-order-apply space generator of one set; which set a
+task uses is chosen by the caller (see `scripts/multi_complex_spaces.py` for how each does on
+the zoo's multi-complex groups).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["RULE_SETS", "schedule_rules", "space_generator"]
+
+RULE_SETS = ("default", "no-write-fuse", "no-compute-location", "plain")
+
+
+def schedule_rules(name: str) -> list[Any] | None:
+    """The rules of set `name` for CPU targets (None: the target's own, MetaSchedule's
+    choice)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if name not in RULE_SETS:
+        raise ValueError(f"unknown rule set {name!r}: choose one of {', '.join(RULE_SETS)}")
+    if name == "default":
+        return None
+    rules = list(ms.schedule_rule.ScheduleRule.create("llvm"))
+    if name in ("no-compute-location", "plain"):
+        rules = [r for r in rules if not isinstance(r, ms.schedule_rule.RandomComputeLocation)]
+    if name in ("no-write-fuse", "plain"):
+        rules = [
+            ms.schedule_rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64)
+            if type(r) is ms.schedule_rule.MultiLevelTiling
+            else r
+            for r in rules
+        ]
+    return rules
+
+
+def space_generator(name: str = "default") -> Any:
+    """A post-order-apply space generator with the rule set `name` (postprocessors and
+    mutators: the target's)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rules = schedule_rules(name)
+    if rules is None:
+        return "post-order-apply"
+    return ms.space_generator.PostOrderApply(sch_rules=rules)
