@@ -269,3 +269,29 @@ def test_a_layout_changes_the_task_of_a_conv_group(every_kind):
     tasks = extract_tasks(apply_plan(legalized, graph, laid, TARGET), TARGET, laid, graph)
     assert {t.key for t in tasks if t.complex_ops}.isdisjoint(base)
     assert any("layout_transform" in t.name for t in tasks)  # transforms are tasks too
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_borders_read_off_the_graph_are_the_transforms_the_plan_places(every_kind, seed):
+    """What the search scores (`plan_borders`, `border_module`, `fuse_groups` in layouts) is
+    what the plan runs: the same transforms and the same group kernels, as tasks."""
+    from ago_search.plan import border_module, fuse_groups, plan_borders
+    from ago_search.schedule.tasks import extract_tasks
+
+    _, legalized, graph, _, _, plan = every_kind
+    rng = random.Random(seed)
+    names = [rng.choice(["NCHW", "NHWC", "NCHW8c", "NCHW16c"]) for _ in plan.groups]
+    laid = _with_layouts(plan, names)
+    tasks = extract_tasks(apply_plan(legalized, graph, laid, TARGET), TARGET, laid, graph)
+    placed = {t.key: t.weight for t in tasks if "layout_transform" in t.name}
+
+    groups = [g.nodes for g in laid.groups]
+    borders = plan_borders(graph, groups, names)
+    counted: dict[str, int] = {}
+    for t in extract_tasks(border_module(borders, TARGET), TARGET):
+        counted[t.key] = counted.get(t.key, 0) + t.weight
+    assert counted == placed
+
+    mod, fused_names = fuse_groups(legalized, graph, groups, TARGET, names)
+    alone = {t.key for t in extract_tasks(mod, TARGET)}
+    assert alone == {t.key for t in tasks if "layout_transform" not in t.name}

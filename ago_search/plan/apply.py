@@ -551,7 +551,7 @@ class _Borders:
         other = self.produced.get(x)
         if role == ACT and other is not None:
             # stored by its producer in another layout: one transform from that one
-            source, fn = other[1], parse_layout(other[0]).act_inverse(then=fn)
+            source, fn = other[1], transform_map(other[0], laid.layout.name)
         make = relax.DataflowVar if dataflow else relax.Var
         var = make(f"{x.name}_{laid.layout.name.lower()}", laid.stored_ty(x, role))
         bindings.append(relax.VarBinding(var, relax.op.layout_transform(source, fn)))
@@ -570,7 +570,7 @@ class _Borders:
         """`out` bound to the NCHW of `result`, the group's stored result."""
         if result.same_as(out):
             return
-        inverse = laid.layout.act_inverse()
+        inverse = transform_map(laid.layout.name, "NCHW")
         bindings.append(relax.VarBinding(out, relax.op.layout_transform(result, inverse)))
         self.placed += 1
         self.stored.setdefault(out, {})[(laid.layout.name, ACT)] = result
@@ -591,10 +591,11 @@ def fuse_groups(
     graph: OpGraph,
     groups: Sequence[Sequence[str]],
     target: tvm.target.Target | None = None,
+    layouts: Sequence[str | None] | None = None,
 ) -> tuple[tvm.IRModule, tuple[str | None, ...]]:
-    """Each node set of `groups` as the PrimFunc `apply_plan` makes of it in any plan that has
-    it, all in one small module; and the PrimFuncs' names (None for a group that stays no
-    kernel: one binding that is no call_tir).
+    """Each node set of `groups` (in `layouts[i]`, default NCHW) as the PrimFunc `apply_plan`
+    makes of it in any plan that has it, all in one small module; and the PrimFuncs' names
+    (None for a group that stays no kernel: one binding that is no call_tir).
 
     The search scores many plans that differ in a group or two: it fuses just the new groups
     (in milliseconds) instead of the whole model for every plan. The groups may overlap (each is
@@ -605,8 +606,9 @@ def fuse_groups(
     """
     func: relax.Function = legalized_mod[graph.func_name]
     builder = relax.BlockBuilder(legalized_mod)
+    borders = _Borders(graph, legalized_mod, builder)
     params: list[Any] = []
-    param_of: dict[Any, Any] = {}
+    param_of: dict[tuple[Any, str], Any] = {}
     bindings: list[Any] = []
     results: list[Any] = []
     names: list[str | None] = []
@@ -616,7 +618,8 @@ def fuse_groups(
             names.append(None)
             continue
         outputs = _outputs(unit, used_outside, dataflow)
-        group_func, args = _group_function(unit, outputs)
+        laid = borders.group_layout(unit, layouts[i] if layouts is not None else None)
+        group_func, args = _group_function(unit, outputs, laid)
         ordered = sorted(nodes, key=lambda n: int(graph.node(n)["index"]))
         name = "ago_q" + _group_name(graph, i, ordered)[len(GROUP_PREFIX) :]
         gvar = builder.add_func(group_func.with_attr(_KEEP_APART_ATTR, name), name)
@@ -624,10 +627,14 @@ def fuse_groups(
         call_args = []
         for arg in args:
             if isinstance(arg, relax.Var):
-                if arg not in param_of:
-                    param_of[arg] = relax.Var(arg.name, arg.ty)
-                    params.append(param_of[arg])
-                call_args.append(param_of[arg])
+                ty = laid.stored_ty(arg) if laid is not None else arg.ty
+                key = (arg, str(ty))
+                if key not in param_of:
+                    param_of[key] = relax.Var(arg.name, ty)
+                    params.append(param_of[key])
+                call_args.append(param_of[key])
+            elif laid is not None:
+                call_args.append(borders.argument(arg, laid, bindings, False))  # a weight
             else:
                 call_args.append(arg)
         out = relax.Var(f"{name}_out", group_func.ret_ty)
@@ -674,3 +681,106 @@ def _lone_unit(
         for _, b in other.bindings:
             used_outside.update(v for v in relax.analysis.free_vars(b.value) if v in mine)
     return unit, used_outside, isinstance(func.body.blocks[unit.block], relax.DataflowBlock)
+
+
+# ---------------------------------------------------------------------------------------------
+# the transforms a plan places
+
+
+@dataclass(frozen=True)
+class Border:
+    """A layout transform a plan places in `main`: the tensor `tensor` (a node id, or
+    "input:<name>"), NCHW `shape`, from the layout it is stored in (`source`) to the one a
+    reader wants (`target`); "NCHW" is the model's own."""
+
+    tensor: str
+    shape: tuple[int, ...]
+    dtype: str
+    source: str
+    target: str
+
+
+def _stored_as(layout: Layout, shape: Sequence[int]) -> str:
+    return layout.name if layout.act_applies(shape) else "NCHW"
+
+
+def plan_borders(
+    graph: OpGraph, groups: Sequence[Sequence[str]], layouts: Sequence[str | None]
+) -> list[Border]:
+    """The layout transforms `apply_plan` places for a plan with these groups and layouts,
+    read off the graph: a rank-4 activation stored by its producer's group in one layout and
+    read by another group in another, once per tensor and layout read (a model input read in
+    a layout is transformed from NCHW; a model output stored in a layout is transformed back).
+    What this counts and what `apply_plan` places differ only where a group's tensor stays as
+    it is for a reason only the module shows (a tuple's fields, a tensor with two roles)."""
+    group_of: dict[str, int] = {n: gi for gi, nodes in enumerate(groups) for n in nodes}
+    parsed = [parse_layout(name) for name in layouts]
+    stored: dict[str, str] = {}  # tensor -> the layout its producer stores it in
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    for info in graph.inputs:
+        ref = f"input:{info.name}"
+        stored[ref], shapes[ref] = "NCHW", (tuple(info.shape), info.dtype)
+    for node in graph.order:
+        data = graph.node(node)
+        outs = data["out_shapes"]
+        shape = tuple(int(d) for d in outs[0]) if len(outs) == 1 else ()
+        shapes[node] = (shape, str(data["dtype"]))
+        layout = parsed[group_of[node]]
+        stored[node] = _stored_as(layout, shape) if len(outs) == 1 else "NCHW"
+    wanted: dict[tuple[str, str], None] = {}
+    for node in graph.order:
+        data = graph.node(node)
+        gi = group_of[node]
+        layout = parsed[gi]
+        conv = data["op"] == _CONV_OP
+        for k, ref in enumerate(data["inputs"]):
+            if ref == "const" or (ref in group_of and group_of[ref] == gi):
+                continue
+            shape = shapes[ref][0]
+            reads = "NCHW" if conv and k == 1 else _stored_as(layout, shape)
+            if reads != stored[ref]:
+                wanted[(ref, reads)] = None
+    for ref in graph.outputs:
+        if ref in stored and stored[ref] != "NCHW":
+            wanted[(ref, "NCHW")] = None
+    return [
+        Border(ref, shapes[ref][0], shapes[ref][1], stored[ref], reads) for ref, reads in wanted
+    ]
+
+
+def transform_map(source: str, target: str) -> Any:
+    """The index map of one transform between two layouts of a rank-4 activation (the one
+    `apply_plan` places: from NCHW, back to NCHW, or straight from one to the other)."""
+    src, dst = parse_layout(source), parse_layout(target)
+    forward = None if dst.is_default else dst.act_map()
+    if src.is_default:
+        if forward is None:
+            raise ValueError("no transform from NCHW to NCHW")
+        return forward
+    return src.act_inverse(then=forward)
+
+
+def border_module(borders: Sequence[Border], target: tvm.target.Target | None = None) -> Any:
+    """Each border's transform as the PrimFunc `apply_plan` places (a legalized
+    `relax.layout_transform`), in one module whose `main` calls them all: what `extract_tasks`
+    makes the transforms' tasks of. Names: `te_layout_transform...`."""
+    bb = relax.BlockBuilder()
+    params = []
+    for k, b in enumerate(borders):
+        shape = (
+            stored_shape(parse_layout(b.source), ACT, b.shape) if b.source != "NCHW" else b.shape
+        )
+        params.append(relax.Var(f"t{k}", relax.TensorType(shape, b.dtype)))
+    with bb.function("main", params):
+        outs = [
+            bb.emit(relax.op.layout_transform(p, transform_map(b.source, b.target)))
+            for p, b in zip(params, borders, strict=True)
+        ]
+        bb.emit_func_output(relax.Tuple(outs) if outs else relax.Tuple([]))
+    legalize = tvm.transform.Sequential(
+        [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()]
+    )
+    if target is None:
+        return legalize(bb.get())
+    with target:
+        return legalize(bb.get())
