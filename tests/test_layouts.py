@@ -288,7 +288,7 @@ def test_the_borders_read_off_the_graph_are_the_transforms_the_plan_places(every
     groups = [g.nodes for g in laid.groups]
     borders = plan_borders(graph, groups, names)
     counted: dict[str, int] = {}
-    for t in extract_tasks(border_module(borders, TARGET), TARGET):
+    for t in extract_tasks(border_module(borders, TARGET)[0], TARGET):
         counted[t.key] = counted.get(t.key, 0) + t.weight
     assert counted == placed
 

@@ -760,27 +760,38 @@ def transform_map(source: str, target: str) -> Any:
     return src.act_inverse(then=forward)
 
 
-def border_module(borders: Sequence[Border], target: tvm.target.Target | None = None) -> Any:
+def border_module(
+    borders: Sequence[Border], target: tvm.target.Target | None = None
+) -> tuple[tvm.IRModule, tuple[str, ...]]:
     """Each border's transform as the PrimFunc `apply_plan` places (a legalized
-    `relax.layout_transform`), in one module whose `main` calls them all: what `extract_tasks`
-    makes the transforms' tasks of. Names: `te_layout_transform...`."""
+    `relax.layout_transform`), in one module whose `main` calls them all, and the PrimFunc's
+    name of each border: what `extract_tasks` makes the transforms' tasks of."""
     bb = relax.BlockBuilder()
     params = []
     for k, b in enumerate(borders):
-        shape = (
-            stored_shape(parse_layout(b.source), ACT, b.shape) if b.source != "NCHW" else b.shape
-        )
+        shape = b.shape
+        if b.source != "NCHW":
+            shape = stored_shape(parse_layout(b.source), ACT, b.shape)
         params.append(relax.Var(f"t{k}", relax.TensorType(shape, b.dtype)))
     with bb.function("main", params):
         outs = [
             bb.emit(relax.op.layout_transform(p, transform_map(b.source, b.target)))
             for p, b in zip(params, borders, strict=True)
         ]
-        bb.emit_func_output(relax.Tuple(outs) if outs else relax.Tuple([]))
+        bb.emit_func_output(relax.Tuple(outs))
     legalize = tvm.transform.Sequential(
         [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()]
     )
     if target is None:
-        return legalize(bb.get())
-    with target:
-        return legalize(bb.get())
+        mod = legalize(bb.get())
+    else:
+        with target:
+            mod = legalize(bb.get())
+    names = []
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            if _is_call_tir(binding.value):
+                names.append(binding.value.args[0].name_hint)
+    if len(names) != len(borders):
+        raise RuntimeError(f"{len(borders)} transforms became {len(names)} kernels")
+    return mod, tuple(names)

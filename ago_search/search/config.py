@@ -37,6 +37,9 @@ class SearchConfig:
     measured (a leader is timed end to end once all its tasks are tuned).
     first_pass_share: a challenger takes the lead only if tuning its untuned tasks once
     (a round each, at the rounds' observed pace) fits in this share of the budget left.
+    layouts: search a layout per group (`ago_search.layout.layout_choices` of the target:
+    NCHW, NHWC, NCHW{lanes}c), with TVM's fusion in each layout among the seeds; False: NCHW
+    only.
     divide: divide and conquer (`search/regions.py`): regions at single-tensor cut points,
     each holding at least `region_min_complex` convs/matmuls; moves stay inside a region and
     the best of every region are joined.
@@ -58,6 +61,7 @@ class SearchConfig:
     round_trials: int = 16
     end_to_end_share: float = 0.9
     first_pass_share: float = 0.5
+    layouts: bool = True
     divide: bool = True
     region_min_complex: int = 3
     limits: GroupLimits = field(default_factory=GroupLimits)
