@@ -295,3 +295,49 @@ def test_the_borders_read_off_the_graph_are_the_transforms_the_plan_places(every
     mod, fused_names = fuse_groups(legalized, graph, groups, TARGET, names)
     alone = {t.key for t in extract_tasks(mod, TARGET)}
     assert alone == {t.key for t in tasks if "layout_transform" not in t.name}
+
+
+def test_inspect_shows_each_groups_layout_and_the_transforms_placed(every_kind, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from ago_search.devices import host_target
+    from ago_search.pipeline import prepare_model, seed_plan
+
+    imported = every_kind[0]
+    plan = seed_plan(prepare_model(imported, host_target()), "tvm")  # what inspect prepares
+    names = ["NHWC" if i < 3 else "NCHW16c" for i in range(len(plan.groups))]
+    path = tmp_path / "plan.json"
+    _with_layouts(plan, names).save(path)
+    out = tmp_path / "inspect.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ago_search.cli",
+            "inspect",
+            imported.path,
+            "--plan",
+            str(path),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())["plan"]
+    assert [g["layout"] for g in report["groups"]] == names
+    transforms = report["transforms"]
+    # the image into NHWC; NHWC -> NCHW16c where the two meet; back to NCHW at the outputs
+    assert {
+        "tensor": "input:x",
+        "shape": [1, 3, 32, 32],
+        "from": "NCHW",
+        "to": "NHWC",
+    } in transforms
+    assert any(t["from"] == "NHWC" and t["to"] == "NCHW16c" for t in transforms)
+    assert f"layout transforms placed: {len(transforms)}" in result.stdout
+    assert "NCHW16c" in result.stdout

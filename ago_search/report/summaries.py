@@ -122,13 +122,22 @@ def format_inspect(data: dict[str, Any]) -> str:
             "several complex ops"
         )
         lines += [f"  note: {note}" for note in plan["notes"]]
+        laid = any(g.get("layout", "NCHW") != "NCHW" for g in plan["groups"])
         for g in plan["groups"]:
             ops = ", ".join(_short(o) for o in g["ops"][:8]) + (
                 ", ..." if len(g["ops"]) > 8 else ""
             )
+            layout = f" {g.get('layout', 'NCHW'):<8}" if laid else ""
             lines.append(
-                f"  {g['name']:<40} {len(g['nodes']):>3} ops, {g['complex_ops']} complex  [{ops}]"
+                f"  {g['name']:<40}{layout} {len(g['nodes']):>3} ops, {g['complex_ops']} complex"
+                f"  [{ops}]"
             )
+        transforms = plan.get("transforms") or []
+        if laid or transforms:
+            lines.append(f"layout transforms placed: {len(transforms)}")
+            for t in transforms:
+                shape = "x".join(map(str, t["shape"]))
+                lines.append(f"  {t['tensor']} [{shape}]: {t['from']} -> {t['to']}")
     return "\n".join(lines)
 
 
