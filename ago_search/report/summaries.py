@@ -408,6 +408,13 @@ def format_search(summary: dict[str, Any]) -> str:
         f"measurements: {summary.get('measurements', 0)} "
         f"({summary.get('measurements_this_run', 0)} in this run)"
     )
+    plan = summary.get("plan")
+    if plan:
+        layouts = ", ".join(f"{k} {v}" for k, v in sorted(plan.get("layouts", {}).items()))
+        lines.append(
+            f"plan: {plan.get('groups')} groups (layouts: {layouts}); layout transforms: "
+            f"{plan.get('transforms', 0)}"
+        )
     rho = summary.get("score_rank_correlation")
     measured = [e for e in summary.get("end_to_end", []) if e.get("measured_s")]
     lines.append(

@@ -570,7 +570,7 @@ class _Search:
             planned.plan.save(self.folder.plan)
             final.executable.export_library(str(self.folder.library))
         self.state.finished = True
-        summary = self._summary(final=final, interrupted=False)
+        summary = self._summary(final=final, interrupted=False, partition=partition)
         write_json_atomic(summary, self.folder.summary)
         return summary
 
@@ -605,8 +605,30 @@ class _Search:
         except Exception:  # noqa: BLE001 - a lost actor costs the count, not the summary
             return 0
 
-    def _summary(self, final: PlanMeasurement | None, interrupted: bool) -> dict[str, Any]:
+    def _plan_info(self, partition: LaidPartition | None) -> dict[str, Any] | None:
+        """The groups per layout of a plan and the layout transforms it places."""
+        if partition is None:
+            return None
+        layouts: dict[str, int] = {}
+        for group in partition.group_ids:
+            name = partition.layout(group) or "NCHW"
+            layouts[name] = layouts.get(name, 0) + 1
+        self.scorer.add_partitions([partition])
+        return {
+            "key": partition.fingerprint(),
+            "groups": partition.num_groups,
+            "layouts": layouts,
+            "transforms": self.scorer.transforms_of(partition),
+        }
+
+    def _summary(
+        self,
+        final: PlanMeasurement | None,
+        interrupted: bool,
+        partition: LaidPartition | None = None,
+    ) -> dict[str, Any]:
         return search_summary(
+            plan_info=self._plan_info(partition if partition is not None else self.leader),
             model=self.imported.path,
             device=self.device,
             budget=self.budget,
