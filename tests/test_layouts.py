@@ -341,3 +341,15 @@ def test_inspect_shows_each_groups_layout_and_the_transforms_placed(every_kind, 
     assert any(t["from"] == "NHWC" and t["to"] == "NCHW16c" for t in transforms)
     assert f"layout transforms placed: {len(transforms)}" in result.stdout
     assert "NCHW16c" in result.stdout
+
+
+def test_cancelled_transforms_are_counted_where_same_layout_groups_meet(every_kind):
+    from ago_search.plan import cancelled_borders, plan_borders
+
+    _, _, graph, _, _, plan = every_kind
+    groups = [g.nodes for g in plan.groups]
+    assert cancelled_borders(graph, groups, [None] * len(groups)) == 0
+    nhwc = ["NHWC"] * len(groups)
+    # every tensor passed between two groups is read in NHWC as stored: none placed there
+    assert cancelled_borders(graph, groups, nhwc) >= len(groups) - 2
+    assert len(plan_borders(graph, groups, nhwc)) <= 3

@@ -713,6 +713,21 @@ def plan_borders(
     a layout is transformed from NCHW; a model output stored in a layout is transformed back).
     What this counts and what `apply_plan` places differ only where a group's tensor stays as
     it is for a reason only the module shows (a tuple's fields, a tensor with two roles)."""
+    return _border_reads(graph, groups, layouts)[0]
+
+
+def cancelled_borders(
+    graph: OpGraph, groups: Sequence[Sequence[str]], layouts: Sequence[str | None]
+) -> int:
+    """The transform pairs a plan does not place: a tensor passed between two groups in the
+    same layout other than NCHW (without cancelling, the producer's transform back to NCHW and
+    the reader's transform into its layout), once per tensor and layout."""
+    return _border_reads(graph, groups, layouts)[1]
+
+
+def _border_reads(
+    graph: OpGraph, groups: Sequence[Sequence[str]], layouts: Sequence[str | None]
+) -> tuple[list[Border], int]:
     group_of: dict[str, int] = {n: gi for gi, nodes in enumerate(groups) for n in nodes}
     parsed = [parse_layout(name) for name in layouts]
     stored: dict[str, str] = {}  # tensor -> the layout its producer stores it in
@@ -728,6 +743,7 @@ def plan_borders(
         layout = parsed[group_of[node]]
         stored[node] = _stored_as(layout, shape) if len(outs) == 1 else "NCHW"
     wanted: dict[tuple[str, str], None] = {}
+    kept: set[tuple[str, str]] = set()
     for node in graph.order:
         data = graph.node(node)
         gi = group_of[node]
@@ -740,12 +756,15 @@ def plan_borders(
             reads = "NCHW" if conv and k == 1 else _stored_as(layout, shape)
             if reads != stored[ref]:
                 wanted[(ref, reads)] = None
+            elif reads != "NCHW":
+                kept.add((ref, reads))
     for ref in graph.outputs:
         if ref in stored and stored[ref] != "NCHW":
             wanted[(ref, "NCHW")] = None
-    return [
+    borders = [
         Border(ref, shapes[ref][0], shapes[ref][1], stored[ref], reads) for ref, reads in wanted
     ]
+    return borders, len(kept)
 
 
 def transform_map(source: str, target: str) -> Any:

@@ -413,7 +413,7 @@ def format_search(summary: dict[str, Any]) -> str:
         layouts = ", ".join(f"{k} {v}" for k, v in sorted(plan.get("layouts", {}).items()))
         lines.append(
             f"plan: {plan.get('groups')} groups (layouts: {layouts}); layout transforms: "
-            f"{plan.get('transforms', 0)}"
+            f"{plan.get('transforms', 0)} placed, {plan.get('transforms_cancelled', 0)} cancelled"
         )
     rho = summary.get("score_rank_correlation")
     measured = [e for e in summary.get("end_to_end", []) if e.get("measured_s")]

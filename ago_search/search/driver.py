@@ -42,7 +42,7 @@ from ago_search.devices import DeviceProfile
 from ago_search.frontend import ImportedModel
 from ago_search.layout import layout_choices
 from ago_search.pipeline import SEED_NAMES, PlannedModel, plan_model, prepare_model, seed_partition
-from ago_search.plan import graph_fingerprint
+from ago_search.plan import cancelled_borders, graph_fingerprint
 from ago_search.schedule.config import TuningConfig
 from ago_search.schedule.results import task_results
 from ago_search.schedule.tasks import Task
@@ -614,11 +614,14 @@ class _Search:
             name = partition.layout(group) or "NCHW"
             layouts[name] = layouts.get(name, 0) + 1
         self.scorer.add_partitions([partition])
+        groups = [partition.nodes_of(g) for g in partition.group_ids]
+        names = [partition.layout(g) for g in partition.group_ids]
         return {
             "key": partition.fingerprint(),
             "groups": partition.num_groups,
             "layouts": layouts,
             "transforms": self.scorer.transforms_of(partition),
+            "transforms_cancelled": cancelled_borders(self.prepared.graph, groups, names),
         }
 
     def _summary(
