@@ -128,7 +128,7 @@ def inspect_imported(
     default = seed_partition(prepared, "tvm")
     seconds["default_fusion"] = time.perf_counter() - start
     plan_groups, notes, transforms = (), (), ()
-    if plan and str(plan) in SEED_NAMES:
+    if plan and str(plan) in SEED_NAMES:  # a seed alone: its notes too
         start = time.perf_counter()
         seed = seed_partition(prepared, plan)
         seconds["plan"] = time.perf_counter() - start

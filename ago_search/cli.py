@@ -205,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated zoo model names or .onnx files (default: the whole zoo)",
     )
     collect.add_argument(
-        "--seeds", default="tvm,dnnfusion,intensive", help="comma-separated seed partitions"
+        "--seeds",
+        default="tvm,dnnfusion,intensive",
+        help="comma-separated seed partitions, each also as SEED/LAYOUT (tvm/NHWC, "
+        "tvm/NCHW16c): traces in layouts",
     )
     collect.add_argument(
         "--trials-per-task", type=int, default=64, help="search trials each task ends with"
@@ -297,7 +300,8 @@ def _tuning_db_args(parser: argparse.ArgumentParser) -> None:
         "--plan",
         default="tvm",
         metavar="PLAN",
-        help="a seed plan (tvm, dnnfusion, intensive) or a plan.json (default: tvm)",
+        help="a seed plan (tvm, dnnfusion, intensive; SEED/LAYOUT puts its groups in a layout: "
+        "tvm/NHWC, tvm/NCHW16c) or a plan.json (default: tvm)",
     )
     parser.add_argument(
         "--db",

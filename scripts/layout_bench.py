@@ -22,7 +22,6 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +50,8 @@ UNREACHABLE_TRIALS = 10**6
 
 
 def _laid(planned, layout: str):
-    plan = planned.plan
-    groups = tuple(replace(g, layout=None if layout == "NCHW" else layout) for g in plan.groups)
-    return plan_model(planned.prepared, replace(plan, groups=groups))
+    """The TVM plan with every group that holds an activation in `layout` (`tvm/LAYOUT`)."""
+    return planned if layout == "NCHW" else plan_model(planned.prepared, f"tvm/{layout}")
 
 
 def tune_layout(planned, host, db: Path, budget_s: float, seed: int) -> dict[str, Any]:

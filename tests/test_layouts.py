@@ -353,3 +353,18 @@ def test_cancelled_transforms_are_counted_where_same_layout_groups_meet(every_ki
     # every tensor passed between two groups is read in NHWC as stored: none placed there
     assert cancelled_borders(graph, groups, nhwc) >= len(groups) - 2
     assert len(plan_borders(graph, groups, nhwc)) <= 3
+
+
+def test_a_seed_in_a_layout_is_a_plan_name(every_kind):
+    from ago_search.devices import host_target
+    from ago_search.errors import AgoSearchError
+    from ago_search.pipeline import prepare_model, resolve_plan
+
+    prepared = prepare_model(every_kind[0], host_target())
+    plan, name = resolve_plan(prepared, "tvm/NHWC")
+    assert name == "tvm/NHWC"
+    base, _ = resolve_plan(prepared, "tvm")
+    assert [g.nodes for g in plan.groups] == [g.nodes for g in base.groups]
+    assert {g.layout for g in plan.groups} == {"NHWC"}  # every group here holds an activation
+    with pytest.raises(AgoSearchError, match="seed plan 'tvm/NHCW': unknown layout"):
+        resolve_plan(prepared, "tvm/NHCW")

@@ -18,6 +18,7 @@ from ago_search.layout.layouts import (
     parse_layout,
     stored_shape,
     to_stored,
+    touches_activation,
     vector_lanes,
 )
 from ago_search.layout.primfunc import ACT, WEIGHT, transform_primfunc
@@ -33,6 +34,7 @@ __all__ = [
     "parse_layout",
     "stored_shape",
     "to_stored",
+    "touches_activation",
     "transform_primfunc",
     "vector_lanes",
 ]

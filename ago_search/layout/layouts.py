@@ -33,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_LAYOUT",
+    "touches_activation",
     "Layout",
     "LayoutError",
     "layout_choices",
@@ -192,3 +193,16 @@ def stored_shape(layout: Layout, role: str, shape: Sequence[int]) -> tuple[int, 
 def to_stored(layout: Layout, role: str, array: np.ndarray) -> np.ndarray:
     """An array (NCHW activation or OIHW weight) stored in `layout`."""
     return layout.act_to(array) if role == "act" else layout.weight_to(array)
+
+
+def touches_activation(graph: Any, node: str) -> bool:
+    """Whether an OpGraph node writes or reads (from another node or a model input) a rank-4
+    tensor: a group holding one changes with its layout (a flatten after the global pool
+    too: in NCHW it would read the pool's result through a transform)."""
+    data = graph.node(node)
+    if len(data["out_shapes"]) == 1 and len(data["out_shape"]) == 4:
+        return True
+    return any(
+        ref != "const" and len(shape) == 4
+        for ref, shape in zip(data["inputs"], data["in_shapes"], strict=False)
+    )

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ago_search.graph import OpGraph
+from ago_search.layout import touches_activation
 from ago_search.partition import Illegal, Partition, graph_index
 from ago_search.search.laid import LaidPartition, as_laid
 from ago_search.search.regions import Regions
@@ -78,7 +79,7 @@ class PlanSpace:
         self.layouts = tuple(lay for lay in layouts if lay != "NCHW")  # besides the default
         # nodes that write or read a rank-4 activation: a group holding one can take a layout
         # (a flatten after the global pool too: else it reads NCHW, a transform before it)
-        self._laid_nodes = frozenset(n for n in graph.order if _touches_rank4(graph, n))
+        self._laid_nodes = frozenset(n for n in graph.order if touches_activation(graph, n))
 
     def _same_region(self, partition: Partition, *groups: int) -> bool:
         if self.regions is None:
@@ -232,13 +233,3 @@ class PlanSpace:
         if middle_first:
             cuts.sort(key=lambda k: abs(k - len(members) / 2))
         return [members[:k] for k in cuts]
-
-
-def _touches_rank4(graph: OpGraph, node: str) -> bool:
-    data = graph.node(node)
-    if len(data["out_shapes"]) == 1 and len(data["out_shape"]) == 4:
-        return True
-    return any(
-        ref != "const" and len(shape) == 4
-        for ref, shape in zip(data["inputs"], data["in_shapes"], strict=False)
-    )
