@@ -37,8 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ago_search.database import TuningDatabase
 from ago_search.devices import DeviceProfile
 from ago_search.frontend import ImportedModel
@@ -55,7 +53,7 @@ from ago_search.search.estimators import EstimatorPool
 from ago_search.search.finish import PlanMeasurement, measure_plan, search_summary
 from ago_search.search.laid import LaidPartition
 from ago_search.search.regions import Regions
-from ago_search.search.score import DEFAULT_LAUNCH_OVERHEAD_S, PlanScore, PlanScorer
+from ago_search.search.score import PlanScore, PlanScorer
 from ago_search.search.searcher import PlanSearcher, Suggestion
 from ago_search.search.space import PlanSpace
 from ago_search.search.state import OutputFolder, SearchState, write_json_atomic
@@ -141,7 +139,6 @@ class _Search:
         if self.state.searcher:
             self.searcher.restore(self.state.searcher)
         self.scorer = PlanScorer(self.prepared)
-        self._fit_launch_overhead()  # a resumed search: from its timings so far
         for key, data in self.state.estimates.items():
             self.scorer.set_estimate(key, TaskEstimate.from_json(data))
         self.pending: list[Suggestion] = []
@@ -529,8 +526,6 @@ class _Search:
             "measured_s": measured.seconds,
             "verified": measured.verified,
             "errors": list(measured.errors),
-            "kernel_s": score.kernel_seconds,
-            "launches": score.launches,
             "at_s": self.budget.spent,
             "time": time.time(),  # the records measured by then are what it was built with
             "seconds": self.end_to_end_s,
@@ -540,7 +535,6 @@ class _Search:
         planned.plan.save(timed)
         self.state.end_to_end.append(entry)
         self.last_end_to_end[self.leader_key or ""] = score.seconds
-        self._fit_launch_overhead()
         best = self.state.best
         if (
             measured.verified
@@ -557,28 +551,6 @@ class _Search:
             planned.plan.save(self.folder.plan)
             measured.executable.export_library(str(self.folder.library))
             log.info("best verified plan so far: %s", _ms(measured.seconds))
-
-    def _fit_launch_overhead(self) -> None:
-        """What a plan pays per kernel beyond the kernels' own latencies, from the end-to-end
-        timings: the median over them of (measured - summed kernels) / kernels. MobileNetV2's
-        plans measured 1.4-1.5x their score with 2 us a kernel (1.7-2.6 ms more over ~55
-        kernels: the VM's calls, the thread pool's wake-ups, caches the kernels measured alone
-        kept warm), which undervalued fusion and every transform a layout adds."""
-        gaps = [
-            (e["measured_s"] - e["kernel_s"]) / e["launches"]
-            for e in self.state.end_to_end
-            if e.get("verified") and e.get("measured_s") and e.get("kernel_s") and e.get("launches")
-        ]
-        if not gaps:
-            return
-        fitted = max(DEFAULT_LAUNCH_OVERHEAD_S, float(np.median(gaps)))
-        if abs(fitted - self.scorer.launch_overhead_s) > 1e-7:
-            log.info(
-                "cost per kernel launch from %d end-to-end timings: %.1f us",
-                len(gaps),
-                fitted * 1e6,
-            )
-            self.scorer.launch_overhead_s = fitted
 
     # -- finish -------------------------------------------------------------------------------
 
