@@ -70,7 +70,12 @@ def _known_seed(name: str) -> bool:
 
 def _seed_order(seeds: Any) -> list[str]:
     """Seeds in SEEDS order, each one's layouts after it."""
-    return sorted(seeds, key=lambda s: (SEEDS.index(s.partition("/")[0]), s))
+
+    def rank(name: str) -> tuple[int, str]:
+        base = name.partition("/")[0]
+        return (SEEDS.index(base) if base in SEEDS else len(SEEDS), name)
+
+    return sorted(seeds, key=rank)
 
 
 MODELS_FILE = "models.json"

@@ -110,9 +110,12 @@ def seed_plan(prepared: PreparedModel, name: str, cache_bytes: int | None = None
     if not layout:
         return plan
     try:
-        parse_layout(layout)
+        parsed = parse_layout(layout)
     except LayoutError as err:
         raise AgoSearchError(f"seed plan '{name}': {err}") from err
+    if parsed.is_default:
+        return plan
+    layout = parsed.name
     graph = prepared.graph
     return plan.with_groups(
         [

@@ -315,3 +315,26 @@ def test_the_searcher_starts_from_tvms_fusion_in_every_layout(squeezenet):
     two.restore(one.save())
     assert {k for k, _, _ in two.scored()} == {k for k, _, _ in one.scored()}
     assert any(p.has_layouts for _, p, _ in two.scored())
+
+
+def test_a_group_that_cannot_take_a_layout_leaves_its_plans_unscored(squeezenet, monkeypatch):
+    from ago_search.plan import apply as plan_apply
+    from ago_search.search.laid import LaidPartition
+    from ago_search.search.score import FAILED_TASK
+
+    real = plan_apply.transform_primfunc
+
+    def refuse_pools(func, roles, layout):
+        if "pool" in str(func.body):
+            raise RuntimeError("ScheduleError: a primitive refused this block")
+        return real(func, roles, layout)
+
+    monkeypatch.setattr(plan_apply, "transform_primfunc", refuse_pools)
+    space = PlanSpace(squeezenet.graph, layouts=("NHWC",))
+    tvm = LaidPartition(seed_partition(squeezenet, "tvm").partition)
+    nhwc = tvm.with_layout(space.layout_groups(tvm), "NHWC")
+    scorer = PlanScorer(squeezenet)
+    scorer.add_partitions([tvm, nhwc])  # no exception: the pool groups are marked
+    assert FAILED_TASK in scorer.tasks_of(nhwc) and FAILED_TASK not in scorer.tasks_of(tvm)
+    assert FAILED_TASK not in scorer.needs_estimate(scorer.tasks_of(nhwc))
+    assert FAILED_TASK in scorer.score(nhwc).unknown

@@ -151,7 +151,8 @@ def parse_layout(name: str | None) -> Layout:
         return Layout("NHWC")
     match = _BLOCKED.match(name)
     if match and int(match.group(1)) > 1:
-        return Layout(name, int(match.group(1)))
+        block = int(match.group(1))
+        return Layout(f"NCHW{block}c", block)
     raise LayoutError(
         f"unknown layout {name!r}; a group's layout is NCHW, NHWC or NCHW<x>c (x > 1, e.g. NCHW16c)"
     )
@@ -200,7 +201,9 @@ def touches_activation(graph: Any, node: str) -> bool:
     tensor: a group holding one changes with its layout (a flatten after the global pool
     too: in NCHW it would read the pool's result through a transform)."""
     data = graph.node(node)
-    if len(data["out_shapes"]) == 1 and len(data["out_shape"]) == 4:
+    if data.get("primfunc") is None or len(data["out_shapes"]) != 1:
+        return False  # left as it is in any layout (no call_tir; a tuple-producing call)
+    if len(data["out_shape"]) == 4:
         return True
     return any(
         ref != "const" and len(shape) == 4

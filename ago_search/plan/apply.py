@@ -279,6 +279,18 @@ class _GroupLayout:
 _CONV_OP = "relax.nn.conv2d"
 
 
+def _nchw_conv(info: Mapping[str, Any]) -> bool:
+    """Whether an OpGraph node is a conv of NCHW data and OIHW weights (its weight, argument
+    1, is stored as a weight in a layout; a conv in other layouts is left as it is)."""
+    attrs = info.get("attrs") or {}
+    return (
+        info.get("op") == _CONV_OP
+        and attrs.get("data_layout", "NCHW") == "NCHW"
+        and attrs.get("kernel_layout", "OIHW") == "OIHW"
+        and (attrs.get("out_layout") or "NCHW") == "NCHW"
+    )
+
+
 def _shape_of(expr: Any) -> list[int] | None:
     ty = getattr(expr, "ty", None)
     if not isinstance(ty, relax.TensorType) or ty.shape is None:
@@ -324,16 +336,17 @@ def _tensor_roles(unit: _Unit, graph: OpGraph, layout: Layout) -> list[tuple[Any
             kept.append(b.var)
             continue
         node = node_by_index.get(index)
-        info = graph.node(node) if node is not None else {}
-        attrs = info.get("attrs") or {}
-        conv = (
-            info.get("op") == _CONV_OP
-            and attrs.get("data_layout", "NCHW") == "NCHW"
-            and attrs.get("kernel_layout", "OIHW") == "OIHW"
-            and (attrs.get("out_layout") or "NCHW") == "NCHW"
-        )
+        conv = node is not None and _nchw_conv(graph.node(node))
         for k, arg in enumerate(value.args[1].fields):
-            want(arg, WEIGHT if conv and k == 1 else ACT)
+            if conv and k == 1:
+                # a constant weight is transformed once, in numpy; one computed at run time
+                # (rare) stays as it is rather than cost a transform every call
+                if isinstance(arg, tvm.ir.Constant):
+                    want(arg, WEIGHT)
+                else:
+                    kept.append(arg)
+            else:
+                want(arg, ACT)
         want(b.var, ACT)
     return [(x, r) for x, r in wanted if not any(x.same_as(y) for y in kept)]
 
@@ -450,6 +463,7 @@ def _group_bindings(legalized_mod: tvm.IRModule, graph: OpGraph, plan: Plan) -> 
     blocks = []
     for bi, block in enumerate(func.body.blocks):
         dataflow = isinstance(block, relax.DataflowBlock)
+        borders.new_block()  # a transformed var of one block is no var of the next
         bindings: list[Any] = []
         for unit in _unit_order(units, var_unit, bi):
             gi = unit.key[1]
@@ -519,7 +533,10 @@ class _Borders:
         self.stored: dict[Any, dict[tuple[str, str], Any]] = {}
         self.produced: dict[Any, tuple[str, Any]] = {}  # var -> its producer's layout, result
         self.placed = 0  # transforms placed in main
-        self.cancelled = 0  # reads of a tensor in the layout its producer stored it in
+
+    def new_block(self) -> None:
+        self.stored.clear()
+        self.produced.clear()
 
     def group_layout(self, unit: _Unit, name: str | None) -> _GroupLayout | None:
         try:
@@ -544,7 +561,6 @@ class _Borders:
         have = self.stored.setdefault(x, {})
         key = (laid.layout.name, role)
         if key in have:
-            self.cancelled += 1
             return have[key]
         shape = [int(d) for d in x.ty.shape]
         source, fn = x, laid.layout.act_map() if role == ACT else laid.layout.weight_map(shape)
@@ -735,25 +751,31 @@ def _border_reads(
     for info in graph.inputs:
         ref = f"input:{info.name}"
         stored[ref], shapes[ref] = "NCHW", (tuple(info.shape), info.dtype)
+    nchw_only: set[str] = set()  # nodes that read and write NCHW whatever their group's layout
     for node in graph.order:
         data = graph.node(node)
         outs = data["out_shapes"]
         shape = tuple(int(d) for d in outs[0]) if len(outs) == 1 else ()
         shapes[node] = (shape, str(data["dtype"]))
         layout = parsed[group_of[node]]
-        stored[node] = _stored_as(layout, shape) if len(outs) == 1 else "NCHW"
+        # a tuple-producing call and an operator left in main as it is (no call_tir) keep
+        # their tensors as they are (`_tensor_roles`, `_is_groupable`)
+        if len(outs) != 1 or data.get("primfunc") is None:
+            nchw_only.add(node)
+        stored[node] = "NCHW" if node in nchw_only else _stored_as(layout, shape)
     wanted: dict[tuple[str, str], None] = {}
     kept: set[tuple[str, str]] = set()
     for node in graph.order:
         data = graph.node(node)
         gi = group_of[node]
         layout = parsed[gi]
-        conv = data["op"] == _CONV_OP
+        conv = _nchw_conv(data)
         for k, ref in enumerate(data["inputs"]):
             if ref == "const" or (ref in group_of and group_of[ref] == gi):
                 continue
             shape = shapes[ref][0]
-            reads = "NCHW" if conv and k == 1 else _stored_as(layout, shape)
+            plain = node not in nchw_only and not (conv and k == 1)
+            reads = _stored_as(layout, shape) if plain else "NCHW"
             if reads != stored[ref]:
                 wanted[(ref, reads)] = None
             elif reads != "NCHW":

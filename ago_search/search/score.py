@@ -26,6 +26,7 @@ groups only.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -39,7 +40,12 @@ from ago_search.schedule.tasks import Task, extract_tasks
 from ago_search.search.laid import LaidPartition, as_laid
 from cost_model.estimate import TaskEstimate
 
-__all__ = ["Calibration", "PlanScore", "PlanScorer"]
+__all__ = ["FAILED_TASK", "Calibration", "PlanScore", "PlanScorer"]
+
+log = logging.getLogger(__name__)
+
+FAILED_TASK = "no-kernel-in-this-layout"
+_FAILED = object()
 
 # TVM's VM calls a kernel in about 1-3 us on these CPUs.
 DEFAULT_LAUNCH_OVERHEAD_S = 2e-6
@@ -111,6 +117,9 @@ class PlanScorer:
         self._group_task: dict[tuple[frozenset[str], str | None], str | None] = {}
         self._borders: dict[str, tuple[Border, ...]] = {}  # plan fingerprint -> transforms
         self._border_task: dict[Border, str] = {}
+        # a group whose kernel cannot be made in its layout: a task nothing estimates, so
+        # every plan holding it stays unscored
+        self._estimates_failed = TaskEstimate(None, None, 0, 0.0, error="no kernel in this layout")
         self._tasks: dict[str, Task] = {}
         self._estimates: dict[str, TaskEstimate] = {}
         self._measured: dict[str, _Measured] = {}
@@ -139,14 +148,10 @@ class PlanScorer:
         prepared = self.prepared
         new_tasks: list[Task] = []
         if new_groups:
-            mod, names = fuse_groups(
-                prepared.legalized, prepared.graph, new_groups, prepared.target, new_layouts
-            )
-            by_name = {
-                name: task for task in extract_tasks(mod, prepared.target) for name in task.groups
-            }
-            for nodes, layout, name in zip(new_groups, new_layouts, names, strict=True):
-                task = by_name.get(name) if name is not None else None
+            for nodes, layout, task in self._fuse(new_groups, new_layouts):
+                if task is _FAILED:
+                    self._group_task[(frozenset(nodes), layout)] = FAILED_TASK
+                    continue
                 self._group_task[(frozenset(nodes), layout)] = (
                     task.key if task is not None else None
                 )
@@ -166,6 +171,47 @@ class PlanScorer:
                     self._tasks[task.key] = task
                     new_tasks.append(task)
         return new_tasks
+
+    def _fuse(
+        self, groups: list[tuple[str, ...]], layouts: list[str | None]
+    ) -> list[tuple[tuple[str, ...], str | None, Any]]:
+        """(nodes, layout, task) of each group (task None: no kernel; `_FAILED`: its kernel
+        cannot be made in that layout). All in one module; when that fails, one by one, so a
+        group whose operators a layout's schedule primitives refuse costs its plans only."""
+        prepared = self.prepared
+
+        def fuse(part: list[tuple[str, ...]], laid: list[str | None]) -> list[Any]:
+            mod, names = fuse_groups(
+                prepared.legalized, prepared.graph, part, prepared.target, laid
+            )
+            by_name = {
+                name: task for task in extract_tasks(mod, prepared.target) for name in task.groups
+            }
+            return [by_name.get(name) if name is not None else None for name in names]
+
+        try:
+            tasks = fuse(groups, layouts)
+        except Exception:  # noqa: BLE001 - find the group at fault below
+            if len(groups) == 1:
+                tasks = [_FAILED]
+            else:
+                tasks = []
+                for nodes, layout in zip(groups, layouts, strict=True):
+                    try:
+                        tasks.extend(fuse([nodes], [layout]))
+                    except Exception as err:  # noqa: BLE001 - that group in that layout only
+                        log.warning(
+                            "a group of %d ops (%s) cannot be made in %s: %s",
+                            len(nodes),
+                            nodes[0],
+                            layout,
+                            str(err).splitlines()[0][:200],
+                        )
+                        tasks.append(_FAILED)
+        return [
+            (nodes, layout, task)
+            for nodes, layout, task in zip(groups, layouts, tasks, strict=True)
+        ]
 
     def _plan_borders(self, laid: LaidPartition) -> tuple[Border, ...]:
         if not laid.has_layouts:
@@ -206,13 +252,13 @@ class PlanScorer:
 
     def needs_estimate(self, keys: Iterable[str]) -> list[str]:
         """The tasks among `keys` without an estimate (tuned ones too: they calibrate)."""
-        return [k for k in dict.fromkeys(keys) if k not in self._estimates]
+        return [k for k in dict.fromkeys(keys) if k not in self._estimates and k != FAILED_TASK]
 
     def set_estimate(self, key: str, estimate: TaskEstimate) -> None:
         self._estimates[key] = estimate
 
     def estimates(self) -> Mapping[str, TaskEstimate]:
-        return self._estimates
+        return {**self._estimates, FAILED_TASK: self._estimates_failed}
 
     def set_measured(self, key: str, best_seconds: float | None, trials: int) -> None:
         """The task's best ok latency on the device (None: none yet) and its search trials."""
