@@ -79,7 +79,7 @@ def tune_layout(planned, host, db: Path, budget_s: float, seed: int) -> dict[str
         "trials": sum(r.trials for r in results),
         "transforms": sum(1 for t in planned.tasks if "layout_transform" in t.name),
     }
-    write_json_atomic(done, info)
+    write_json_atomic(info, done)
     return info
 
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         data["models"][name] = bench_one(name, manifest[name], args, host)
     out = REPO / "results" / "layout_bench.json"
-    write_json_atomic(out, data)
+    write_json_atomic(data, out)
     table = markdown(data)
     print(table)
     if args.readme:
