@@ -23,6 +23,10 @@ choices (`layouts`, e.g. NHWC and NCHW16c: `ago_search.layout.layout_choices`) t
   of groups changes together and the transforms between them cancel (a lone group in a layout
   pays a transform at each border, which a one-group move alone rarely wins back).
 
+Both propagate (ALT): the layout-agnostic groups (no conv or matmul) next to the changed ones,
+and theirs in turn, take the same layout, so an elementwise or pooling group between two convs
+never forces a transform on each side.
+
 Partition moves keep every node's layout (`LaidPartition.with_partition`).
 """
 
@@ -165,8 +169,8 @@ class PlanSpace:
         options = [lay for lay in (None, *self.layouts) if lay != current]
         layout = options[rng.randrange(len(options))]
         chosen = [group]
+        able = set(candidates)
         if region:
-            able = set(candidates)
             size = rng.randint(2, MAX_REGION_GROUPS)
             frontier = [group]
             while frontier and len(chosen) < size:
@@ -174,7 +178,29 @@ class PlanSpace:
                     if other in able and other not in chosen and len(chosen) < size:
                         chosen.append(other)
                         frontier.append(other)
+        chosen += self._agnostic_around(laid, chosen, able)
         return laid.with_layout(chosen, layout)
+
+    def _agnostic_around(
+        self, laid: LaidPartition, chosen: Sequence[int], able: set[int]
+    ) -> list[int]:
+        """Propagation (ALT): the groups without a conv or matmul (elementwise, pools, concat,
+        resize: layout-agnostic) reachable from `chosen` through such groups take the same
+        layout, instead of a transform on each side of them."""
+        index = self.index
+        seen = set(chosen)
+        frontier = list(chosen)
+        out: list[int] = []
+        while frontier:
+            for other in sorted(laid.neighbours(frontier.pop(0))):
+                if other in seen or other not in able:
+                    continue
+                seen.add(other)
+                members = laid.groups[other]
+                if not any(index.complex[index.position[n]] for n in members):
+                    out.append(other)
+                    frontier.append(other)
+        return out
 
     def _random_merge(self, partition: Partition, rng: random.Random) -> Partition | None:
         groups = partition.group_ids
