@@ -88,7 +88,6 @@ LABELS = {
     SEARCH_NCHW: "ago-search, NCHW only",
 }
 DEFAULT_METHODS = (METASCHEDULE, TUNE_TASKS, SEARCH)
-START, END = "<!-- bench-suite:start -->", "<!-- bench-suite:end -->"
 # A trial count tuning never reaches: the deadline ends it.
 UNREACHABLE_TRIALS = 1_000_000
 
@@ -604,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "results" / "bench_suite")
     parser.add_argument("--json", type=Path, default=REPO / "results" / "bench_suite.json")
     parser.add_argument("--readme", type=Path, help="write the table into this README too")
+    parser.add_argument(
+        "--marker",
+        default="bench-suite",
+        help="the README's table goes between <!-- MARKER:start --> and <!-- MARKER:end -->",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -645,7 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results, summarize(results))
     print(table)
     if args.readme:
-        replace_table(args.readme, START, END, table)
+        replace_table(
+            args.readme, f"<!-- {args.marker}:start -->", f"<!-- {args.marker}:end -->", table
+        )
     print(f"\nwritten: {args.json}")
     return 0
 
