@@ -45,6 +45,7 @@ __all__ = ["FAILED_TASK", "Calibration", "PlanScore", "PlanScorer"]
 log = logging.getLogger(__name__)
 
 FAILED_TASK = "no-kernel-in-this-layout"
+MIN_KIND_TASKS = 3
 _FAILED = object()
 
 # TVM's VM calls a kernel in about 1-3 us on these CPUs.
@@ -125,6 +126,9 @@ class PlanScorer:
         self._measured: dict[str, _Measured] = {}
         self._untunable: set[str] = set()
         self._calibration = Calibration()
+        # task key -> its kind for calibration: the group's layout, or "transform"
+        self._kind: dict[str, str] = {}
+        self._kind_calibration: dict[str, Calibration] = {}
 
     # -- groups -> tasks -----------------------------------------------------------------------
 
@@ -155,6 +159,8 @@ class PlanScorer:
                 self._group_task[(frozenset(nodes), layout)] = (
                     task.key if task is not None else None
                 )
+                if task is not None:
+                    self._kind.setdefault(task.key, layout or "NCHW")
                 if task is not None and task.key not in self._tasks:
                     self._tasks[task.key] = task
                     new_tasks.append(task)
@@ -167,6 +173,7 @@ class PlanScorer:
             for border, name in zip(borders, names, strict=True):
                 task = by_name[name]
                 self._border_task[border] = task.key
+                self._kind.setdefault(task.key, "transform")
                 if task.key not in self._tasks:
                     self._tasks[task.key] = task
                     new_tasks.append(task)
@@ -263,13 +270,13 @@ class PlanScorer:
     def set_measured(self, key: str, best_seconds: float | None, trials: int) -> None:
         """The task's best ok latency on the device (None: none yet) and its search trials."""
         self._measured[key] = _Measured(best_seconds, trials)
-        self._calibration = self._fit_calibration()
+        self._refit()
 
     def set_untunable(self, key: str) -> None:
         """The task cannot be tuned (its search gives no working schedule): its measured
         untuned kernel is its latency for good."""
         self._untunable.add(key)
-        self._calibration = self._fit_calibration()
+        self._refit()
 
     def is_final(self, key: str) -> bool:
         return self._tuned(key)
@@ -284,8 +291,9 @@ class PlanScorer:
         if self._tuned(key):
             return measured.best_seconds, True  # type: ignore[union-attr]
         estimate = self._estimates.get(key)
+        calibration = self._kind_calibration.get(self._kind.get(key, ""), self._calibration)
         guess = (
-            self._calibration.apply(estimate.log_seconds)
+            calibration.apply(estimate.log_seconds)
             if estimate is not None and estimate.log_seconds is not None
             else None
         )
@@ -339,9 +347,24 @@ class PlanScorer:
             return True
         return estimate is not None and estimate.log_seconds is None
 
-    def _fit_calibration(self) -> Calibration:
+    def _refit(self) -> None:
+        self._calibration = self._fit_calibration()
+        kinds = set(self._kind.values())
+        self._kind_calibration = {}
+        for kind in kinds:
+            fitted = self._fit_calibration(kind)
+            if fitted.tasks >= MIN_KIND_TASKS:
+                self._kind_calibration[kind] = fitted
+
+    def _fit_calibration(self, kind: str | None = None) -> Calibration:
+        """The median log error of the tuned tasks' estimates; of those of one kind (a
+        layout, or the transforms) when `kind` is given: the GNN learned on NCHW kernels, and
+        its error on a layout's kernels is that layout's own (each kind is calibrated on its
+        own once `MIN_KIND_TASKS` of its tasks are tuned, on all tuned tasks before)."""
         diffs = []
         for key, measured in self._measured.items():
+            if kind is not None and self._kind.get(key) != kind:
+                continue
             estimate = self._estimates.get(key)
             if (
                 self._tuned(key)
