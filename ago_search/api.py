@@ -31,6 +31,7 @@ class GroupInfo:
     nodes: tuple[str, ...]
     ops: tuple[str, ...]
     complex_ops: int
+    layout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class InspectReport:
     rewrite: dict | None  # RewriteReport.to_json(), None with --no-rewrite
     summary: dict  # GraphSummary.to_dict() of the graph the optimizer works on
     default_groups: tuple[GroupInfo, ...]
-    plan_name: str | None = None  # a seed plan asked for with --plan
+    plan_name: str | None = None  # a seed plan or plan.json asked for with --plan
     plan_groups: tuple[GroupInfo, ...] = ()
     plan_notes: tuple[str, ...] = ()
+    plan_transforms: tuple[dict, ...] = ()  # the layout transforms the plan places
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -63,6 +65,7 @@ class InspectReport:
                         "nodes": list(g.nodes),
                         "ops": list(g.ops),
                         "complex_ops": g.complex_ops,
+                        "layout": g.layout or "NCHW",
                     }
                     for g in items
                 ],
@@ -82,6 +85,7 @@ class InspectReport:
         if self.plan_name:
             data["plan"] = {"name": self.plan_name, "notes": list(self.plan_notes)}
             data["plan"].update(groups(self.plan_groups))
+            data["plan"]["transforms"] = list(self.plan_transforms)
         return data
 
 
@@ -92,7 +96,8 @@ def inspect(
     rewrite: bool = True,
 ) -> InspectReport:
     """What is inside a model: operators, FLOPs, params, mapping types, TVM's default groups,
-    and with `plan` one seed partition's groups (tvm, dnnfusion, intensive)."""
+    and with `plan` one plan's groups with their layouts and the layout transforms it places
+    (a seed: tvm, dnnfusion, intensive; or a plan.json, the search's among them)."""
     return inspect_imported(load(model, input_shapes), plan=plan, rewrite=rewrite)
 
 
@@ -102,7 +107,8 @@ def inspect_imported(
     """`inspect` for a model already imported."""
     from ago_search.devices import host_target
     from ago_search.graph import summarize
-    from ago_search.pipeline import prepare_model, seed_partition
+    from ago_search.pipeline import SEED_NAMES, prepare_model, resolve_plan, seed_partition
+    from ago_search.plan import group_function_names, plan_borders, validate_plan
 
     prepared = prepare_model(imported, host_target(), apply_rewrites=rewrite)
     seconds = {**imported.seconds, **prepared.seconds}
@@ -121,8 +127,8 @@ def inspect_imported(
     start = time.perf_counter()
     default = seed_partition(prepared, "tvm")
     seconds["default_fusion"] = time.perf_counter() - start
-    plan_groups, notes = (), ()
-    if plan:
+    plan_groups, notes, transforms = (), (), ()
+    if plan and str(plan) in SEED_NAMES:  # a seed alone: its notes too
         start = time.perf_counter()
         seed = seed_partition(prepared, plan)
         seconds["plan"] = time.perf_counter() - start
@@ -130,6 +136,27 @@ def inspect_imported(
         notes = tuple(seed.notes)
         if seed.profile_edges:
             notes += (f"{len(seed.profile_edges)} producer->consumer pairs left to profiling",)
+    elif plan:
+        loaded, _ = resolve_plan(prepared, plan)
+        validate_plan(graph, loaded)
+        names = group_function_names(graph, loaded)
+        plan_groups = tuple(
+            GroupInfo(
+                name,
+                g.nodes,
+                tuple(graph.node(n)["op"] for n in g.nodes),
+                sum(1 for n in g.nodes if graph.node(n)["complex"]),
+                g.layout,
+            )
+            for name, g in zip(names, loaded.groups, strict=True)
+        )
+        borders = plan_borders(
+            graph, [g.nodes for g in loaded.groups], [g.layout for g in loaded.groups]
+        )
+        transforms = tuple(
+            {"tensor": b.tensor, "shape": list(b.shape), "from": b.source, "to": b.target}
+            for b in borders
+        )
     return InspectReport(
         model=imported.path,
         inputs=tuple((s.name, s.shape, s.dtype) for s in imported.inputs),
@@ -142,6 +169,7 @@ def inspect_imported(
         plan_name=plan,
         plan_groups=plan_groups,
         plan_notes=notes,
+        plan_transforms=transforms,
         seconds=seconds,
     )
 

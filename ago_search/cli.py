@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="what guides the loop search (default: gnn, the shipped pretrained model)",
     )
     search.add_argument(
+        "--no-layouts",
+        action="store_true",
+        help="keep every group in the model's NCHW (default: a layout per group, searched)",
+    )
+    search.add_argument(
         "--no-progress", action="store_true", help="no progress bar (log lines only)"
     )
 
@@ -89,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(inspect)
     inspect.add_argument(
         "--plan",
-        choices=["tvm", "dnnfusion", "intensive"],
-        help="also print this seed partition's groups",
+        metavar="PLAN",
+        help="also print a plan's groups, their layouts and the layout transforms placed: a "
+        "seed (tvm, dnnfusion, intensive) or a plan.json (the search's, for one)",
     )
     inspect.add_argument(
         "--no-rewrite", action="store_true", help="show the graph before the algebraic rewrites"
@@ -199,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated zoo model names or .onnx files (default: the whole zoo)",
     )
     collect.add_argument(
-        "--seeds", default="tvm,dnnfusion,intensive", help="comma-separated seed partitions"
+        "--seeds",
+        default="tvm,dnnfusion,intensive",
+        help="comma-separated seed partitions, each also as SEED/LAYOUT (tvm/NHWC, "
+        "tvm/NCHW16c): traces in layouts",
     )
     collect.add_argument(
         "--trials-per-task", type=int, default=64, help="search trials each task ends with"
@@ -291,7 +300,8 @@ def _tuning_db_args(parser: argparse.ArgumentParser) -> None:
         "--plan",
         default="tvm",
         metavar="PLAN",
-        help="a seed plan (tvm, dnnfusion, intensive) or a plan.json (default: tvm)",
+        help="a seed plan (tvm, dnnfusion, intensive; SEED/LAYOUT puts its groups in a layout: "
+        "tvm/NHWC, tvm/NCHW16c) or a plan.json (default: tvm)",
     )
     parser.add_argument(
         "--db",
@@ -353,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 ray_address=args.ray_address,
                 cost_model=args.cost_model,
                 progress=not args.no_progress,
+                layouts=not args.no_layouts,
             )
             print(api.format_search(result))
             if result.interrupted:

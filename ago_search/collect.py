@@ -52,6 +52,32 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ZOO = Path(__file__).resolve().parents[1] / "datasets" / "zoo"
 SEEDS = ("tvm", "dnnfusion", "intensive")
+
+
+def _known_seed(name: str) -> bool:
+    """A seed, or SEED/LAYOUT (its groups in a layout: traces the cost model sees layouts in)."""
+    from ago_search.layout import LayoutError, parse_layout
+
+    base, _, layout = name.partition("/")
+    if base not in SEEDS:
+        return False
+    try:
+        parse_layout(layout or None)
+    except LayoutError:
+        return False
+    return True
+
+
+def _seed_order(seeds: Any) -> list[str]:
+    """Seeds in SEEDS order, each one's layouts after it."""
+
+    def rank(name: str) -> tuple[int, str]:
+        base = name.partition("/")[0]
+        return (SEEDS.index(base) if base in SEEDS else len(SEEDS), name)
+
+    return sorted(seeds, key=rank)
+
+
 MODELS_FILE = "models.json"
 TASKS_FILE = "tasks.json"
 
@@ -79,7 +105,7 @@ class _Entry:
         return {
             "models": sorted(self.weights),
             "weights": dict(sorted(self.weights.items())),
-            "seeds": [s for s in SEEDS if s in self.seeds],
+            "seeds": _seed_order(self.seeds),
             "name": self.task.name,
             "flops": self.task.flops,
             "complex_ops": self.task.complex_ops,
@@ -247,7 +273,7 @@ def _write_labels(out: Path, entries: dict[str, _Entry]) -> None:
             new["weights"] = {**old.get("weights", {}), **new["weights"]}
             new["models"] = sorted(new["weights"])
             seeds = set(old.get("seeds", ())) | set(new["seeds"])
-            new["seeds"] = [s for s in SEEDS if s in seeds]
+            new["seeds"] = _seed_order(seeds)
         info[key] = new
     _write_json_atomic(tasks_path, info)
     _write_json_atomic(models_path, {key: value["models"] for key, value in info.items()})
@@ -309,9 +335,12 @@ def collect(
 
     started = time.perf_counter()
     deadline = started + hours * 3600 if hours else None
-    unknown = [s for s in seeds if s not in SEEDS]
+    unknown = [s for s in seeds if not _known_seed(s)]
     if unknown or not seeds:
-        raise AgoSearchError(f"seeds {unknown or '(none)'}: choose from {', '.join(SEEDS)}")
+        raise AgoSearchError(
+            f"seeds {unknown or '(none)'}: choose from {', '.join(SEEDS)}, alone or in a "
+            "layout (tvm/NHWC, tvm/NCHW16c)"
+        )
     if cost_model not in ("xgb", "random"):
         raise AgoSearchError(f"cost model {cost_model!r}: choose xgb or random")
     if batch_tasks < 1:

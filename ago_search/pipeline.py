@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tvm
@@ -26,6 +26,7 @@ from ago_search.devices import DeviceProfile, load_device
 from ago_search.errors import AgoSearchError
 from ago_search.frontend import ImportedModel, import_onnx, parse_input_shapes
 from ago_search.graph import OpGraph, build_opgraph, legalize, tvm_default_groups
+from ago_search.layout import LayoutError, parse_layout, touches_activation
 from ago_search.partition import (
     SeedResult,
     dnnfusion_seed,
@@ -100,16 +101,40 @@ def seed_partition(
 
 
 def seed_plan(prepared: PreparedModel, name: str, cache_bytes: int | None = None) -> Plan:
-    """The `Plan` of one seed partition (`SEED_NAMES`) of a prepared model."""
-    seed = seed_partition(prepared, name, cache_bytes)
-    return Plan.from_assignment(prepared.graph, seed.partition.assignment())
+    """The `Plan` of one seed partition (`SEED_NAMES`) of a prepared model; "SEED/LAYOUT"
+    (`tvm/NHWC`, `intensive/NCHW16c`) puts every group that holds a rank-4 activation in
+    that layout."""
+    base, _, layout = name.partition("/")
+    seed = seed_partition(prepared, base, cache_bytes)
+    plan = Plan.from_assignment(prepared.graph, seed.partition.assignment())
+    if not layout:
+        return plan
+    try:
+        parsed = parse_layout(layout)
+    except LayoutError as err:
+        raise AgoSearchError(f"seed plan '{name}': {err}") from err
+    if parsed.is_default:
+        return plan
+    layout = parsed.name
+    graph = prepared.graph
+    return plan.with_groups(
+        [
+            replace(g, layout=layout) if any(touches_activation(graph, n) for n in g.nodes) else g
+            for g in plan.groups
+        ]
+    )
+
+
+def is_seed_name(name: str) -> bool:
+    """A seed plan's name: one of `SEED_NAMES`, alone or as SEED/LAYOUT."""
+    return str(name).partition("/")[0] in SEED_NAMES
 
 
 def resolve_plan(prepared: PreparedModel, plan: str | Path | Plan) -> tuple[Plan, str]:
     """A seed plan by name, a plan.json, or a `Plan` as it is; with the name it goes by."""
     if isinstance(plan, Plan):
         return plan, "plan"
-    if str(plan) in SEED_NAMES:
+    if is_seed_name(str(plan)) and not Path(plan).is_file():
         return seed_plan(prepared, str(plan)), str(plan)
     path = Path(plan)
     if not path.is_file():

@@ -78,14 +78,16 @@ log = logging.getLogger("bench_suite")
 
 DEFAULT_MODELS = ("mobilenetv2", "resnet18", "bert_tiny", "squeezenet")
 METASCHEDULE, TUNE_TASKS, SEARCH = "metaschedule", "tune-tasks", "search"
+SEARCH_NCHW = "search-nchw"
 LABELS = {
     ORT: "ONNX Runtime",
     TVM_DEFAULT: "TVM default",
     METASCHEDULE: "MetaSchedule alone",
     TUNE_TASKS: "tune-tasks (TVM plan)",
     SEARCH: "ago-search",
+    SEARCH_NCHW: "ago-search, NCHW only",
 }
-START, END = "<!-- bench-suite:start -->", "<!-- bench-suite:end -->"
+DEFAULT_METHODS = (METASCHEDULE, TUNE_TASKS, SEARCH)
 # A trial count tuning never reaches: the deadline ends it.
 UNREACHABLE_TRIALS = 1_000_000
 
@@ -135,6 +137,8 @@ class ModelRun:
         """TVM's default fusion as a plan (tune-tasks' plan; its import serves everything)."""
         return load_planned(self.path, self.shapes, "tvm", self.host)
 
+    methods: tuple[str, ...] = DEFAULT_METHODS
+
     @property
     def search_out(self) -> Path:
         return self.dir / "search"
@@ -143,6 +147,9 @@ class ModelRun:
     def search_planned(self) -> PlannedModel:
         """The search's final plan, on the same prepared model."""
         return plan_model(self.planned.prepared, self.search_out / "plan.json")
+
+    def out_of(self, label: str) -> Path:
+        return self.dir / label
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,12 +226,35 @@ def build_search(m: ModelRun) -> TunedBuild:
     return compile_from_db(m.search_planned, m.search_out / "tuning.db", m.host.key)
 
 
+def tune_search_nchw(m: ModelRun, cell: Cell) -> None:
+    """The search with every group in NCHW (`--no-layouts`): what layouts are worth."""
+    from ago_search import api
+
+    out = m.out_of(SEARCH_NCHW)
+    result = api.search(
+        m.path, m.budget_s, m.shapes, out=out, seed=m.seed, progress=False, layouts=False
+    )
+    if result.interrupted:
+        raise KeyboardInterrupt
+    summary = result.summary
+    cell.update(tuning_s=summary["spent_s"], trials=summary["measurements"], summary=summary)
+
+
+def build_search_nchw(m: ModelRun) -> TunedBuild:
+    out = m.out_of(SEARCH_NCHW)
+    if not (out / "plan.json").exists():
+        raise RuntimeError(f"the search wrote no verified plan to {out}")
+    planned = plan_model(m.planned.prepared, out / "plan.json")
+    return compile_from_db(planned, out / "tuning.db", m.host.key)
+
+
 Tune = Callable[[ModelRun, Cell], None]
 Build = Callable[[ModelRun], TunedBuild]
 METHODS: dict[str, tuple[Tune, Build]] = {
     METASCHEDULE: (tune_metaschedule, build_metaschedule),
     TUNE_TASKS: (tune_tune_tasks, build_tune_tasks),
     SEARCH: (tune_search, build_search),
+    SEARCH_NCHW: (tune_search_nchw, build_search_nchw),
 }
 
 
@@ -301,8 +331,9 @@ def fused_groups(m: ModelRun) -> list[dict[str, Any]]:
 
 
 def bench_one(m: ModelRun) -> dict[str, Any]:
-    cells = {label: Cell(m.dir / f"{label}.state.json", m.budget_s) for label in METHODS}
-    for label, (tune, _) in METHODS.items():
+    methods_run = {label: METHODS[label] for label in m.methods}
+    cells = {label: Cell(m.dir / f"{label}.state.json", m.budget_s) for label in methods_run}
+    for label, (tune, _) in methods_run.items():
         cell = cells[label]
         if cell.finished:
             log.info("%s / %s: finished before, skipped", m.name, label)
@@ -318,10 +349,10 @@ def bench_one(m: ModelRun) -> dict[str, Any]:
         cell.update(finished=True, finished_at=time.time())
 
     bench = Cell(m.dir / "bench.state.json", m.budget_s)
-    signature = {label: cells[label].data.get("finished_at") for label in METHODS}
+    signature = {label: cells[label].data.get("finished_at") for label in methods_run}
     if not (bench.finished and bench.data.get("signature") == signature):
         builds, applied = {}, {}
-        for label, (_, build) in METHODS.items():
+        for label, (_, build) in methods_run.items():
             if not cells[label].finished:
                 applied[label] = {"error": f"not tuned: {cells[label].data.get('error')}"}
                 continue
@@ -352,7 +383,7 @@ def bench_one(m: ModelRun) -> dict[str, Any]:
             groups=groups,
             bench=result.to_json(),
         )
-    methods = {label: cells[label].data for label in METHODS}
+    methods = {label: cells[label].data for label in methods_run}
     return {
         "model": m.name,
         "threads": m.host.threads,
@@ -380,7 +411,7 @@ def method_rows(
 
     ort, metaschedule = latency_ms(ORT), latency_ms(METASCHEDULE)
     rows = {}
-    for label in (ORT, TVM_DEFAULT, *METHODS):
+    for label in (ORT, TVM_DEFAULT, *methods):
         run, facts, kernels = runs.get(label) or {}, methods.get(label, {}), applied.get(label, {})
         ms = latency_ms(label)
         errors = [c["max_rel_err"] for c in run.get("checks", []) if c["max_rel_err"] is not None]
@@ -407,19 +438,24 @@ def summarize(results: list[dict]) -> dict[str, Any]:
     """Geometric-mean speedup of the search over MetaSchedule and over tune-tasks (models where
     both builds are verified), and on how many models the verified search beats ORT."""
 
-    def speedups(other: str) -> list[float]:
+    def speedups(other: str, ours_label: str = SEARCH) -> list[float]:
         out = []
         for result in results:
-            ours, theirs = result["rows"][SEARCH], result["rows"][other]
+            rows = result["rows"]
+            if ours_label not in rows or other not in rows:
+                continue
+            ours, theirs = rows[ours_label], rows[other]
             if ours["verified"] and theirs["verified"] and ours["ms"] and theirs["ms"]:
                 out.append(theirs["ms"] / ours["ms"])
         return out
 
     over_ms, over_tt = speedups(METASCHEDULE), speedups(TUNE_TASKS)
+    over_nchw = speedups(SEARCH_NCHW)
     beats = [
         r["model"]
         for r in results
-        if r["rows"][SEARCH]["verified"]
+        if SEARCH in r["rows"]
+        and r["rows"][SEARCH]["verified"]
         and r["rows"][SEARCH]["ms"]
         and r["rows"][ORT]["ms"]
         and r["rows"][SEARCH]["ms"] < r["rows"][ORT]["ms"]
@@ -427,6 +463,7 @@ def summarize(results: list[dict]) -> dict[str, Any]:
     return {
         "search_over_metaschedule": {"geomean": _geomean(over_ms), "models": len(over_ms)},
         "search_over_tune_tasks": {"geomean": _geomean(over_tt), "models": len(over_tt)},
+        "layouts_over_nchw_only": {"geomean": _geomean(over_nchw), "models": len(over_nchw)},
         "search_beats_ort": {"models": beats, "count": len(beats), "of": len(results)},
     }
 
@@ -471,7 +508,13 @@ def markdown(results: list[dict], summary: dict[str, Any]) -> str:
         f"Search over MetaSchedule alone: {_x(over_ms['geomean'])} (geometric mean over "
         f"{over_ms['models']} models); over tune-tasks: {_x(over_tt['geomean'])} (over "
         f"{over_tt['models']}); the search beats ONNX Runtime on {beats['count']} of "
-        f"{beats['of']} models.",
+        f"{beats['of']} models."
+        + (
+            f" Layouts over NCHW only: {_x(summary['layouts_over_nchw_only']['geomean'])} (over "
+            f"{summary['layouts_over_nchw_only']['models']})."
+            if summary.get("layouts_over_nchw_only", {}).get("models")
+            else ""
+        ),
         "",
         f"Budget {budget} of wall-clock time per method and model, {threads} threads. vs ORT / "
         "vs MetaSchedule: their latency / this latency (> 1: faster). Every build timed in one "
@@ -479,6 +522,19 @@ def markdown(results: list[dict], summary: dict[str, Any]) -> str:
         "records in its database; tune-tasks, search trials in its database; the search, its "
         "measurements. Kernels tuned: kernels a tuning record was applied to / kernels.",
     ]
+    plans = []
+    for result in results:
+        for label in (SEARCH, SEARCH_NCHW):
+            plan = (result["methods"].get(label, {}).get("summary") or {}).get("plan")
+            if plan:
+                layouts = ", ".join(f"{k} {v}" for k, v in sorted(plan["layouts"].items()))
+                plans.append(
+                    f"- {result['model']} / {LABELS[label]}: {plan['groups']} groups ({layouts}); "
+                    f"layout transforms {plan['transforms']} placed, "
+                    f"{plan.get('transforms_cancelled', 0)} cancelled"
+                )
+    if plans:
+        lines += ["", "The searches' final plans:", *plans]
     failures = [
         f"- {result['model']} / {LABELS.get(label, label)}: {' '.join(row['error'].split())[:300]}"
         for result in results
@@ -538,10 +594,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget", default="10m", help="wall-clock time per method and model (45s, 10m, 1h)"
     )
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=REPO / "results" / "bench_suite")
     parser.add_argument("--json", type=Path, default=REPO / "results" / "bench_suite.json")
     parser.add_argument("--readme", type=Path, help="write the table into this README too")
+    parser.add_argument(
+        "--marker",
+        default="bench-suite",
+        help="the README's table goes between <!-- MARKER:start --> and <!-- MARKER:end -->",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -552,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
 
     budget_s = parse_budget(args.budget)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise SystemExit(f"--methods: choose among {', '.join(METHODS)} (not {unknown})")
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     zoo_dir = REPO / "datasets" / "zoo"
     try:
@@ -570,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             budget_s=budget_s,
             seed=args.seed,
             dir=args.work / name,
+            methods=methods,
         )
         results.append(bench_one(run))
         data = {"host": host.to_json(), "budget_s": budget_s, "seed": args.seed}
@@ -578,7 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results, summarize(results))
     print(table)
     if args.readme:
-        replace_table(args.readme, START, END, table)
+        replace_table(
+            args.readme, f"<!-- {args.marker}:start -->", f"<!-- {args.marker}:end -->", table
+        )
     print(f"\nwritten: {args.json}")
     return 0
 

@@ -270,7 +270,9 @@ def test_bad_plans_raise_clear_errors(branches, tmp_path):
     # {a, d} and {b, c} are convex, but a -> b and c -> d make the groups a cycle
     raises([[a, d], [b, c], [e]], "cycle")
 
-    with_layout = ok.with_groups([replace(ok.groups[0], layout="NHWC"), *ok.groups[1:]])
+    with_layout = ok.with_groups([replace(ok.groups[0], layout="NHCW"), *ok.groups[1:]])
+    with pytest.raises(PlanError, match="group 0: unknown layout 'NHCW'"):
+        validate_plan(g, with_layout)
     with pytest.raises(PlanError, match="layout"):
         apply_plan(branches.legalized, g, with_layout, TARGET)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -241,3 +242,99 @@ def test_the_estimator_pool_paces_estimates_to_its_share(squeezenet):
             pool.close()
     finally:
         ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts in the search (issue 15)
+
+
+def test_layout_moves_relabel_whole_groups_and_partition_moves_keep_layouts(squeezenet):
+    from ago_search.search.laid import LaidPartition
+
+    graph = squeezenet.graph
+    space = PlanSpace(graph, layouts=("NCHW", "NHWC", "NCHW16c"))
+    assert space.layouts == ("NHWC", "NCHW16c")
+    laid = LaidPartition(space.fit_to_limits(seed_partition(squeezenet, "tvm").partition))
+    rng = random.Random(5)
+    kinds = set()
+    for _ in range(60):
+        step = space.neighbour(laid, rng)
+        assert step is not None
+        laid, kind = step
+        kinds.add(kind)
+        assert _acyclic(graph, laid.partition) and space.fits(laid)
+        for g in laid.group_ids:  # one layout per group
+            assert len({laid.labels[laid.index.position[n]] for n in laid.nodes_of(g)}) == 1
+    assert {"layout", "layout-region"} <= kinds and kinds & {"merge", "split", "move"}
+    assert laid.has_layouts
+    again = LaidPartition.from_dict(graph, json.loads(json.dumps(laid.to_dict())))
+    assert again == laid and again.fingerprint() == laid.fingerprint()
+    plain = LaidPartition(laid.partition)
+    assert plain.fingerprint() == laid.partition.fingerprint() != laid.fingerprint()
+    plan = laid.plan(graph)
+    assert sorted(str(g.layout) for g in plan.groups) == sorted(
+        str(laid.layout(g)) for g in laid.group_ids
+    )
+
+
+def test_a_plan_in_a_layout_scores_its_transforms_as_tasks(squeezenet):
+    from ago_search.search.laid import LaidPartition
+
+    space = PlanSpace(squeezenet.graph, layouts=("NHWC",))
+    tvm = LaidPartition(seed_partition(squeezenet, "tvm").partition)
+    nhwc = tvm.with_layout(space.layout_groups(tvm), "NHWC")
+    half = tvm.with_layout(space.layout_groups(tvm)[::2], "NHWC")
+    scorer = PlanScorer(squeezenet)
+    scorer.add_partitions([tvm, nhwc, half])
+    base = scorer.tasks_of(tvm)
+    assert scorer.transforms_of(tvm) == 0
+    # the whole model in NHWC: one transform, of the image; the logits are rank 2
+    assert scorer.transforms_of(nhwc) == 1
+    assert scorer.transforms_of(half) > 4
+    for laid in (nhwc, half):
+        calls = scorer.tasks_of(laid)
+        assert sum(calls.values()) == sum(base.values()) + scorer.transforms_of(laid)
+    conv_tasks = {k for k in scorer.tasks_of(nhwc) if "conv2d" in scorer.task(k).name}
+    assert conv_tasks and conv_tasks.isdisjoint(base)  # a group in NHWC is another task
+
+
+def test_the_searcher_starts_from_tvms_fusion_in_every_layout(squeezenet):
+    from ago_search.search.laid import LaidPartition
+
+    space = PlanSpace(squeezenet.graph, layouts=("NCHW", "NHWC", "NCHW16c"))
+    tvm = LaidPartition(seed_partition(squeezenet, "tvm").partition)
+    seeds = {"tvm": tvm}
+    for layout in space.layouts:
+        seeds[f"tvm/{layout}"] = tvm.with_layout(space.layout_groups(tvm), layout)
+    one = PlanSearcher(space, seeds, seed=1)
+    first = one.suggest(3)
+    assert [s.origin for s in first] == ["seed:tvm", "seed:tvm/NHWC", "seed:tvm/NCHW16c"]
+    for s in first + one.suggest(8):
+        one.on_result(s.key, _fake_score(s.partition))
+    two = PlanSearcher(space, seeds, seed=2)
+    two.restore(one.save())
+    assert {k for k, _, _ in two.scored()} == {k for k, _, _ in one.scored()}
+    assert any(p.has_layouts for _, p, _ in two.scored())
+
+
+def test_a_group_that_cannot_take_a_layout_leaves_its_plans_unscored(squeezenet, monkeypatch):
+    from ago_search.plan import apply as plan_apply
+    from ago_search.search.laid import LaidPartition
+    from ago_search.search.score import FAILED_TASK
+
+    real = plan_apply.transform_primfunc
+
+    def refuse_pools(func, roles, layout):
+        if "pool" in str(func.body):
+            raise RuntimeError("ScheduleError: a primitive refused this block")
+        return real(func, roles, layout)
+
+    monkeypatch.setattr(plan_apply, "transform_primfunc", refuse_pools)
+    space = PlanSpace(squeezenet.graph, layouts=("NHWC",))
+    tvm = LaidPartition(seed_partition(squeezenet, "tvm").partition)
+    nhwc = tvm.with_layout(space.layout_groups(tvm), "NHWC")
+    scorer = PlanScorer(squeezenet)
+    scorer.add_partitions([tvm, nhwc])  # no exception: the pool groups are marked
+    assert FAILED_TASK in scorer.tasks_of(nhwc) and FAILED_TASK not in scorer.tasks_of(tvm)
+    assert FAILED_TASK not in scorer.needs_estimate(scorer.tasks_of(nhwc))
+    assert FAILED_TASK in scorer.score(nhwc).unknown

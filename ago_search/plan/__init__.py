@@ -9,7 +9,17 @@
 Compiling a plan is `ago_search.build`'s job (`compile_plan`, `compile_plan_tuned`).
 """
 
-from ago_search.plan.apply import apply_plan, fuse_groups, group_bindings, group_function_names
+from ago_search.plan.apply import (
+    Border,
+    apply_plan,
+    border_module,
+    cancelled_borders,
+    fuse_groups,
+    group_bindings,
+    group_function_names,
+    plan_borders,
+    transform_map,
+)
 from ago_search.plan.plan import (
     PLAN_FORMAT,
     PLAN_VERSION,
@@ -21,15 +31,20 @@ from ago_search.plan.plan import (
 )
 
 __all__ = [
+    "Border",
     "PLAN_FORMAT",
     "PLAN_VERSION",
     "GroupPlan",
     "Plan",
     "PlanError",
     "apply_plan",
+    "border_module",
+    "cancelled_borders",
     "fuse_groups",
     "graph_fingerprint",
     "group_bindings",
     "group_function_names",
+    "plan_borders",
+    "transform_map",
     "validate_plan",
 ]

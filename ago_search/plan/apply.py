@@ -42,10 +42,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import tvm
 from tvm import relax
 
 from ago_search.graph.opgraph import OpGraph
+from ago_search.layout import (
+    ACT,
+    WEIGHT,
+    Layout,
+    LayoutError,
+    parse_layout,
+    stored_shape,
+    to_stored,
+    transform_primfunc,
+)
 from ago_search.plan.plan import Plan, PlanError, validate_plan
 
 GROUP_PREFIX = "ago_g"
@@ -243,8 +254,111 @@ def _outputs(unit: _Unit, used_outside: set[Any], dataflow: bool) -> list[Any]:
     return outs or [unit.bindings[-1][1].var]
 
 
-def _group_function(unit: _Unit, outputs: Sequence[Any]) -> tuple[relax.Function, list[Any]]:
-    """The Primitive function of a group, and the arguments to call it with."""
+@dataclass
+class _GroupLayout:
+    """A group's layout as `_group_function` applies it: the tensors stored in it and their
+    role (`_tensor_roles`), and the PrimFuncs made for it (shared by the groups of a module)."""
+
+    layout: Layout
+    roles: list[tuple[Any, str]]
+    add_primfunc: Any  # (PrimFunc, name hint) -> GlobalVar
+    module: tvm.IRModule
+    made: dict[tuple[str, str, tuple[str | None, ...]], Any]
+
+    def role(self, expr: Any) -> str | None:
+        return next((r for x, r in self.roles if x.same_as(expr)), None)
+
+    def stored_ty(self, expr: Any, role: str | None = None) -> Any:
+        role = role or self.role(expr)
+        if role is None:
+            return expr.ty
+        shape = [int(d) for d in expr.ty.shape]
+        return relax.TensorType(stored_shape(self.layout, role, shape), expr.ty.dtype)
+
+
+_CONV_OP = "relax.nn.conv2d"
+
+
+def _nchw_conv(info: Mapping[str, Any]) -> bool:
+    """Whether an OpGraph node is a conv of NCHW data and OIHW weights (its weight, argument
+    1, is stored as a weight in a layout; a conv in other layouts is left as it is)."""
+    attrs = info.get("attrs") or {}
+    return (
+        info.get("op") == _CONV_OP
+        and attrs.get("data_layout", "NCHW") == "NCHW"
+        and attrs.get("kernel_layout", "OIHW") == "OIHW"
+        and (attrs.get("out_layout") or "NCHW") == "NCHW"
+    )
+
+
+def _shape_of(expr: Any) -> list[int] | None:
+    ty = getattr(expr, "ty", None)
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return [int(d) for d in ty.shape]
+    except (TypeError, ValueError):  # a symbolic dim
+        return None
+
+
+def _tensor_roles(unit: _Unit, graph: OpGraph, layout: Layout) -> list[tuple[Any, str]]:
+    """The tensors of a group stored in `layout`: the rank-4 activations (whose channels fit
+    the layout) and the weights of its NCHW/OIHW convs, as (var or constant, role).
+
+    A tensor a binding reads that is no plain `call_tir` (a tuple item, an alias, a call with
+    symbolic shape arguments), or a tuple a call returns, stays as it is, and so does a tensor
+    that would have two roles."""
+    node_by_index = {int(graph.node(n)["index"]): n for n in graph.order}
+    wanted: list[tuple[Any, str]] = []
+    kept: list[Any] = []
+
+    def want(expr: Any, role: str) -> None:
+        shape = _shape_of(expr)
+        fits = layout.act_applies if role == ACT else layout.weight_applies
+        if shape is None or not fits(shape):
+            return
+        have = next((r for x, r in wanted if x.same_as(expr)), None)
+        if have is None:
+            wanted.append((expr, role))
+        elif have != role:
+            kept.append(expr)
+
+    for index, b in unit.bindings:
+        value = b.value
+        plain = (
+            _is_call_tir(value)
+            and len(value.args) == 2
+            and isinstance(value.args[1], relax.Tuple)
+            and isinstance(b.var.ty, relax.TensorType)
+        )
+        if not plain:
+            kept.extend(relax.analysis.free_vars(value))
+            kept.append(b.var)
+            continue
+        node = node_by_index.get(index)
+        conv = node is not None and _nchw_conv(graph.node(node))
+        for k, arg in enumerate(value.args[1].fields):
+            if conv and k == 1:
+                # a constant weight is transformed once, in numpy; one computed at run time
+                # (rare) stays as it is rather than cost a transform every call
+                if isinstance(arg, tvm.ir.Constant):
+                    want(arg, WEIGHT)
+                else:
+                    kept.append(arg)
+            else:
+                want(arg, ACT)
+        want(b.var, ACT)
+    return [(x, r) for x, r in wanted if not any(x.same_as(y) for y in kept)]
+
+
+def _group_function(
+    unit: _Unit, outputs: Sequence[Any], laid: _GroupLayout | None = None
+) -> tuple[relax.Function, list[Any]]:
+    """The Primitive function of a group, and the arguments to call it with.
+
+    With `laid`, the tensors it names are stored in its layout: the function's parameters and
+    results of those tensors have their stored shapes (the caller transforms what it passes),
+    and each call_tir inside calls its PrimFunc made for the layout (`transform_primfunc`)."""
     inputs: list[Any] = []
     defined: set[Any] = set()
     for _, b in unit.bindings:
@@ -254,29 +368,52 @@ def _group_function(unit: _Unit, outputs: Sequence[Any]) -> tuple[relax.Function
     constmap: list[tuple[Any, Any]] = []
     params = []
     for x in inputs:
+        ty = laid.stored_ty(x) if laid is not None else x.ty
         if isinstance(x, tvm.ir.Constant):
-            param = relax.Var(f"param_{len(constmap)}", x.ty)
+            param = relax.Var(f"param_{len(constmap)}", ty)
             constmap.append((x, param))
         else:
-            param = varmap[x] = relax.Var(x.name, x.ty)
+            param = varmap[x] = relax.Var(x.name, ty)
         params.append(param)
     out_set = set(outputs)
     inner = []
     for _, b in unit.bindings:
         make = relax.Var if b.var in out_set else relax.DataflowVar
-        new_var = make(b.var.name, b.var.ty)
-        inner.append(relax.VarBinding(new_var, _substitute(b.value, varmap, constmap)))
+        value = _substitute(b.value, varmap, constmap)
+        var_ty = b.var.ty
+        if laid is not None and _is_call_tir(b.value) and len(b.value.args) == 2:
+            value, var_ty = _laid_call(b, value, laid)
+        new_var = make(b.var.name, var_ty)
+        inner.append(relax.VarBinding(new_var, value))
         varmap[b.var] = new_var
     if len(outputs) == 1:
         ret: Any = varmap[outputs[0]]
-        ret_ty = outputs[0].ty
+        ret_ty = varmap[outputs[0]].ty
     else:
         ret = relax.Tuple([varmap[o] for o in outputs])
-        ret_ty = relax.TupleType([o.ty for o in outputs])
+        ret_ty = relax.TupleType([varmap[o].ty for o in outputs])
     body = relax.SeqExpr([relax.DataflowBlock(inner)], ret)
     func = relax.Function(params, body, ret_ty, True)
     func = func.with_attr("Primitive", True)
     return func, inputs
+
+
+def _laid_call(b: Any, value: relax.Call, laid: _GroupLayout) -> tuple[relax.Call, Any]:
+    """A call_tir binding of a group (`value`: its call with the group's parameters) calling
+    the PrimFunc made for the group's layout, and the type of its result."""
+    old_args = list(b.value.args[1].fields)
+    roles = tuple([laid.role(a) for a in old_args] + [laid.role(b.var)])
+    if not any(roles):
+        return value, b.var.ty
+    callee = b.value.args[0]
+    key = (callee.name_hint, laid.layout.name, roles)
+    gvar = laid.made.get(key)
+    if gvar is None:
+        func = transform_primfunc(laid.module[callee], roles, laid.layout)
+        name = f"{callee.name_hint}_{laid.layout.name.lower()}"
+        gvar = laid.made[key] = laid.add_primfunc(func, name)
+    out_ty = laid.stored_ty(b.var)
+    return relax.call_tir(gvar, value.args[1], out_ty), out_ty
 
 
 def apply_plan(
@@ -288,16 +425,10 @@ def apply_plan(
     """The legalized module with one PrimFunc per group (FuseOps + FuseTIR done).
 
     `legalized_mod` is `legalize(mod, target)` and `graph` its OpGraph (`build_opgraph(mod,
-    legalized=legalized_mod)`). Layouts are not applied yet (a group with a layout raises);
-    schedules are applied after this, by the tuning layer.
+    legalized=legalized_mod)`). A group with a layout computes in it, with transforms where
+    layouts meet (`_Borders`); schedules are applied after this, by the tuning layer.
     """
     validate_plan(graph, plan)
-    for gi, group in enumerate(plan.groups):
-        if group.layout is not None:
-            raise PlanError(
-                f"group {gi} asks for layout {group.layout!r}, and this version applies no "
-                "layouts; drop the layouts from the plan"
-            )
     grouped = _group_bindings(legalized_mod, graph, plan)
     passes = tvm.transform.Sequential(
         [relax.transform.FuseOps(), relax.transform.FuseTIR()], name="ago_fuse"
@@ -328,38 +459,138 @@ def _group_bindings(legalized_mod: tvm.IRModule, graph: OpGraph, plan: Plan) -> 
                     used_outside.add(v)
 
     builder = relax.BlockBuilder(legalized_mod)
+    borders = _Borders(graph, legalized_mod, builder)
     blocks = []
     for bi, block in enumerate(func.body.blocks):
         dataflow = isinstance(block, relax.DataflowBlock)
-        bindings = []
+        borders.new_block()  # a transformed var of one block is no var of the next
+        bindings: list[Any] = []
         for unit in _unit_order(units, var_unit, bi):
             gi = unit.key[1]
             if unit.key[0] == "b" or not _is_groupable(unit):
                 bindings.extend(b for _, b in unit.bindings)
                 continue
             outputs = _outputs(unit, used_outside, dataflow)
-            group_func, args = _group_function(unit, outputs)
+            laid = borders.group_layout(unit, plan.groups[gi].layout)
+            group_func, args = _group_function(unit, outputs, laid)
             name = names[gi]
             # the attribute keeps add_func from reusing an equal function of another group
             gvar = builder.add_func(group_func.with_attr(_KEEP_APART_ATTR, name), name)
             if gvar.name_hint != name:  # names are how groups, PrimFuncs and tasks meet
                 raise RuntimeError(f"the module already has a function named {name}")
             builder.update_func(gvar, group_func)
+            if laid is not None:
+                args = [borders.argument(a, laid, bindings, dataflow) for a in args]
             call = relax.Call(gvar, args)
+            results = outputs
+            if laid is not None:
+                results = [borders.stored_result(o, laid, dataflow) for o in outputs]
             if len(outputs) == 1:
-                bindings.append(relax.VarBinding(outputs[0], call))
-                continue
-            make = relax.DataflowVar if dataflow else relax.Var
-            tuple_var = make(f"{name}_out", relax.TupleType([o.ty for o in outputs]))
-            bindings.append(relax.VarBinding(tuple_var, call))
-            bindings.extend(
-                relax.VarBinding(o, relax.TupleGetItem(tuple_var, k)) for k, o in enumerate(outputs)
-            )
+                bindings.append(relax.VarBinding(results[0], call))
+            else:
+                make = relax.DataflowVar if dataflow else relax.Var
+                tuple_var = make(f"{name}_out", relax.TupleType([r.ty for r in results]))
+                bindings.append(relax.VarBinding(tuple_var, call))
+                bindings.extend(
+                    relax.VarBinding(r, relax.TupleGetItem(tuple_var, k))
+                    for k, r in enumerate(results)
+                )
+            if laid is not None:
+                for o, r in zip(outputs, results, strict=True):
+                    borders.restore(o, r, laid, bindings)
         blocks.append(relax.DataflowBlock(bindings) if dataflow else relax.BindingBlock(bindings))
     body = relax.SeqExpr(blocks, func.body.body)
     new_main = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
     builder.update_func(legalized_mod.get_global_var(plan.func_name), new_main)
-    return relax.transform.Normalize()(builder.get())
+    grouped = relax.transform.Normalize()(builder.get())
+    if not borders.placed:
+        return grouped
+    # the transforms become kernels; those nobody reads (a result no default-layout group
+    # reads) and the operators' NCHW PrimFuncs a layout replaced go
+    cleanup = tvm.transform.Sequential(
+        [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.DeadCodeElimination([plan.func_name]),
+        ]
+    )
+    return cleanup(grouped)
+
+
+class _Borders:
+    """Where layouts meet in `main`: a tensor a group reads in its layout is transformed once
+    (every later reader in that layout reads the same transformed var), a group's results in a
+    layout are stored as such and transformed back to NCHW under their own var (so what reads
+    them in NCHW is untouched), and a group in the layout its producer wrote reads the stored
+    result itself: the transform pair cancels before it is placed. Weights are transformed
+    here, once, in numpy."""
+
+    def __init__(self, graph: OpGraph, module: tvm.IRModule, builder: Any) -> None:
+        self.graph = graph
+        self.module = module
+        self.builder = builder
+        self.made: dict[tuple[str, str, tuple[str | None, ...]], Any] = {}
+        self.stored: dict[Any, dict[tuple[str, str], Any]] = {}
+        self.produced: dict[Any, tuple[str, Any]] = {}  # var -> its producer's layout, result
+        self.placed = 0  # transforms placed in main
+
+    def new_block(self) -> None:
+        self.stored.clear()
+        self.produced.clear()
+
+    def group_layout(self, unit: _Unit, name: str | None) -> _GroupLayout | None:
+        try:
+            layout = parse_layout(name)
+        except LayoutError as err:
+            raise PlanError(f"group {unit.key[1]}: {err}") from err
+        if layout.is_default:
+            return None
+        roles = _tensor_roles(unit, self.graph, layout)
+        return _GroupLayout(layout, roles, self._add_primfunc, self.module, self.made)
+
+    def _add_primfunc(self, func: Any, name: str) -> Any:
+        return self.builder.add_func(func, name)
+
+    def argument(self, x: Any, laid: _GroupLayout, bindings: list[Any], dataflow: bool) -> Any:
+        role = laid.role(x)
+        if role is None:
+            return x
+        if isinstance(x, tvm.ir.Constant):
+            array = to_stored(laid.layout, role, x.value.numpy())
+            return relax.const(np.ascontiguousarray(array), x.ty.dtype)
+        have = self.stored.setdefault(x, {})
+        key = (laid.layout.name, role)
+        if key in have:
+            return have[key]
+        shape = [int(d) for d in x.ty.shape]
+        source, fn = x, laid.layout.act_map() if role == ACT else laid.layout.weight_map(shape)
+        other = self.produced.get(x)
+        if role == ACT and other is not None:
+            # stored by its producer in another layout: one transform from that one
+            source, fn = other[1], transform_map(other[0], laid.layout.name)
+        make = relax.DataflowVar if dataflow else relax.Var
+        var = make(f"{x.name}_{laid.layout.name.lower()}", laid.stored_ty(x, role))
+        bindings.append(relax.VarBinding(var, relax.op.layout_transform(source, fn)))
+        self.placed += 1
+        have[key] = var
+        return var
+
+    def stored_result(self, out: Any, laid: _GroupLayout, dataflow: bool) -> Any:
+        """The var a group's result is bound to: `out` itself when it is stored as is."""
+        if laid.role(out) is None:
+            return out
+        make = relax.DataflowVar if dataflow else relax.Var
+        return make(f"{out.name}_{laid.layout.name.lower()}", laid.stored_ty(out))
+
+    def restore(self, out: Any, result: Any, laid: _GroupLayout, bindings: list[Any]) -> None:
+        """`out` bound to the NCHW of `result`, the group's stored result."""
+        if result.same_as(out):
+            return
+        inverse = transform_map(laid.layout.name, "NCHW")
+        bindings.append(relax.VarBinding(out, relax.op.layout_transform(result, inverse)))
+        self.placed += 1
+        self.stored.setdefault(out, {})[(laid.layout.name, ACT)] = result
+        self.produced[out] = (laid.layout.name, result)
 
 
 def _is_groupable(unit: _Unit) -> bool:
@@ -376,10 +607,11 @@ def fuse_groups(
     graph: OpGraph,
     groups: Sequence[Sequence[str]],
     target: tvm.target.Target | None = None,
+    layouts: Sequence[str | None] | None = None,
 ) -> tuple[tvm.IRModule, tuple[str | None, ...]]:
-    """Each node set of `groups` as the PrimFunc `apply_plan` makes of it in any plan that has
-    it, all in one small module; and the PrimFuncs' names (None for a group that stays no
-    kernel: one binding that is no call_tir).
+    """Each node set of `groups` (in `layouts[i]`, default NCHW) as the PrimFunc `apply_plan`
+    makes of it in any plan that has it, all in one small module; and the PrimFuncs' names
+    (None for a group that stays no kernel: one binding that is no call_tir).
 
     The search scores many plans that differ in a group or two: it fuses just the new groups
     (in milliseconds) instead of the whole model for every plan. The groups may overlap (each is
@@ -390,8 +622,9 @@ def fuse_groups(
     """
     func: relax.Function = legalized_mod[graph.func_name]
     builder = relax.BlockBuilder(legalized_mod)
+    borders = _Borders(graph, legalized_mod, builder)
     params: list[Any] = []
-    param_of: dict[Any, Any] = {}
+    param_of: dict[tuple[Any, str], Any] = {}
     bindings: list[Any] = []
     results: list[Any] = []
     names: list[str | None] = []
@@ -401,7 +634,8 @@ def fuse_groups(
             names.append(None)
             continue
         outputs = _outputs(unit, used_outside, dataflow)
-        group_func, args = _group_function(unit, outputs)
+        laid = borders.group_layout(unit, layouts[i] if layouts is not None else None)
+        group_func, args = _group_function(unit, outputs, laid)
         ordered = sorted(nodes, key=lambda n: int(graph.node(n)["index"]))
         name = "ago_q" + _group_name(graph, i, ordered)[len(GROUP_PREFIX) :]
         gvar = builder.add_func(group_func.with_attr(_KEEP_APART_ATTR, name), name)
@@ -409,10 +643,14 @@ def fuse_groups(
         call_args = []
         for arg in args:
             if isinstance(arg, relax.Var):
-                if arg not in param_of:
-                    param_of[arg] = relax.Var(arg.name, arg.ty)
-                    params.append(param_of[arg])
-                call_args.append(param_of[arg])
+                ty = laid.stored_ty(arg) if laid is not None else arg.ty
+                key = (arg, str(ty))
+                if key not in param_of:
+                    param_of[key] = relax.Var(arg.name, ty)
+                    params.append(param_of[key])
+                call_args.append(param_of[key])
+            elif laid is not None:
+                call_args.append(borders.argument(arg, laid, bindings, False))  # a weight
             else:
                 call_args.append(arg)
         out = relax.Var(f"{name}_out", group_func.ret_ty)
@@ -459,3 +697,142 @@ def _lone_unit(
         for _, b in other.bindings:
             used_outside.update(v for v in relax.analysis.free_vars(b.value) if v in mine)
     return unit, used_outside, isinstance(func.body.blocks[unit.block], relax.DataflowBlock)
+
+
+# ---------------------------------------------------------------------------------------------
+# the transforms a plan places
+
+
+@dataclass(frozen=True)
+class Border:
+    """A layout transform a plan places in `main`: the tensor `tensor` (a node id, or
+    "input:<name>"), NCHW `shape`, from the layout it is stored in (`source`) to the one a
+    reader wants (`target`); "NCHW" is the model's own."""
+
+    tensor: str
+    shape: tuple[int, ...]
+    dtype: str
+    source: str
+    target: str
+
+
+def _stored_as(layout: Layout, shape: Sequence[int]) -> str:
+    return layout.name if layout.act_applies(shape) else "NCHW"
+
+
+def plan_borders(
+    graph: OpGraph, groups: Sequence[Sequence[str]], layouts: Sequence[str | None]
+) -> list[Border]:
+    """The layout transforms `apply_plan` places for a plan with these groups and layouts,
+    read off the graph: a rank-4 activation stored by its producer's group in one layout and
+    read by another group in another, once per tensor and layout read (a model input read in
+    a layout is transformed from NCHW; a model output stored in a layout is transformed back).
+    What this counts and what `apply_plan` places differ only where a group's tensor stays as
+    it is for a reason only the module shows (a tuple's fields, a tensor with two roles)."""
+    return _border_reads(graph, groups, layouts)[0]
+
+
+def cancelled_borders(
+    graph: OpGraph, groups: Sequence[Sequence[str]], layouts: Sequence[str | None]
+) -> int:
+    """The transform pairs a plan does not place: a tensor passed between two groups in the
+    same layout other than NCHW (without cancelling, the producer's transform back to NCHW and
+    the reader's transform into its layout), once per tensor and layout."""
+    return _border_reads(graph, groups, layouts)[1]
+
+
+def _border_reads(
+    graph: OpGraph, groups: Sequence[Sequence[str]], layouts: Sequence[str | None]
+) -> tuple[list[Border], int]:
+    group_of: dict[str, int] = {n: gi for gi, nodes in enumerate(groups) for n in nodes}
+    parsed = [parse_layout(name) for name in layouts]
+    stored: dict[str, str] = {}  # tensor -> the layout its producer stores it in
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    for info in graph.inputs:
+        ref = f"input:{info.name}"
+        stored[ref], shapes[ref] = "NCHW", (tuple(info.shape), info.dtype)
+    nchw_only: set[str] = set()  # nodes that read and write NCHW whatever their group's layout
+    for node in graph.order:
+        data = graph.node(node)
+        outs = data["out_shapes"]
+        shape = tuple(int(d) for d in outs[0]) if len(outs) == 1 else ()
+        shapes[node] = (shape, str(data["dtype"]))
+        layout = parsed[group_of[node]]
+        # a tuple-producing call and an operator left in main as it is (no call_tir) keep
+        # their tensors as they are (`_tensor_roles`, `_is_groupable`)
+        if len(outs) != 1 or data.get("primfunc") is None:
+            nchw_only.add(node)
+        stored[node] = "NCHW" if node in nchw_only else _stored_as(layout, shape)
+    wanted: dict[tuple[str, str], None] = {}
+    kept: set[tuple[str, str]] = set()
+    for node in graph.order:
+        data = graph.node(node)
+        gi = group_of[node]
+        layout = parsed[gi]
+        conv = _nchw_conv(data)
+        for k, ref in enumerate(data["inputs"]):
+            if ref == "const" or (ref in group_of and group_of[ref] == gi):
+                continue
+            shape = shapes[ref][0]
+            plain = node not in nchw_only and not (conv and k == 1)
+            reads = _stored_as(layout, shape) if plain else "NCHW"
+            if reads != stored[ref]:
+                wanted[(ref, reads)] = None
+            elif reads != "NCHW":
+                kept.add((ref, reads))
+    for ref in graph.outputs:
+        if ref in stored and stored[ref] != "NCHW":
+            wanted[(ref, "NCHW")] = None
+    borders = [
+        Border(ref, shapes[ref][0], shapes[ref][1], stored[ref], reads) for ref, reads in wanted
+    ]
+    return borders, len(kept)
+
+
+def transform_map(source: str, target: str) -> Any:
+    """The index map of one transform between two layouts of a rank-4 activation (the one
+    `apply_plan` places: from NCHW, back to NCHW, or straight from one to the other)."""
+    src, dst = parse_layout(source), parse_layout(target)
+    forward = None if dst.is_default else dst.act_map()
+    if src.is_default:
+        if forward is None:
+            raise ValueError("no transform from NCHW to NCHW")
+        return forward
+    return src.act_inverse(then=forward)
+
+
+def border_module(
+    borders: Sequence[Border], target: tvm.target.Target | None = None
+) -> tuple[tvm.IRModule, tuple[str, ...]]:
+    """Each border's transform as the PrimFunc `apply_plan` places (a legalized
+    `relax.layout_transform`), in one module whose `main` calls them all, and the PrimFunc's
+    name of each border: what `extract_tasks` makes the transforms' tasks of."""
+    bb = relax.BlockBuilder()
+    params = []
+    for k, b in enumerate(borders):
+        shape = b.shape
+        if b.source != "NCHW":
+            shape = stored_shape(parse_layout(b.source), ACT, b.shape)
+        params.append(relax.Var(f"t{k}", relax.TensorType(shape, b.dtype)))
+    with bb.function("main", params):
+        outs = [
+            bb.emit(relax.op.layout_transform(p, transform_map(b.source, b.target)))
+            for p, b in zip(params, borders, strict=True)
+        ]
+        bb.emit_func_output(relax.Tuple(outs))
+    legalize = tvm.transform.Sequential(
+        [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()]
+    )
+    if target is None:
+        mod = legalize(bb.get())
+    else:
+        with target:
+            mod = legalize(bb.get())
+    names = []
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            if _is_call_tir(binding.value):
+                names.append(binding.value.args[0].name_hint)
+    if len(names) != len(borders):
+        raise RuntimeError(f"{len(borders)} transforms became {len(names)} kernels")
+    return mod, tuple(names)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ago_search.errors import AgoSearchError
 from ago_search.graph.opgraph import OpGraph
+from ago_search.layout import LayoutError, parse_layout
 from ago_search.partition.quotient import convexity_witness, quotient_cycle
 
 PLAN_FORMAT = "ago-search-plan"
@@ -240,6 +241,11 @@ def validate_plan(graph: OpGraph, plan: Plan) -> None:
                 where = "twice in group" if seen[n] == gi else f"in groups {seen[n]} and"
                 raise PlanError(f"node {n!r} is {where} {gi}; every node belongs to one group")
             seen[n] = gi
+    for gi, group in enumerate(plan.groups):
+        try:
+            parse_layout(group.layout)
+        except LayoutError as err:
+            raise PlanError(f"group {gi}: {err}") from err
     missing = [n for n in graph.order if n not in seen]
     if missing:
         shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")

@@ -122,13 +122,22 @@ def format_inspect(data: dict[str, Any]) -> str:
             "several complex ops"
         )
         lines += [f"  note: {note}" for note in plan["notes"]]
+        laid = any(g.get("layout", "NCHW") != "NCHW" for g in plan["groups"])
         for g in plan["groups"]:
             ops = ", ".join(_short(o) for o in g["ops"][:8]) + (
                 ", ..." if len(g["ops"]) > 8 else ""
             )
+            layout = f" {g.get('layout', 'NCHW'):<8}" if laid else ""
             lines.append(
-                f"  {g['name']:<40} {len(g['nodes']):>3} ops, {g['complex_ops']} complex  [{ops}]"
+                f"  {g['name']:<40}{layout} {len(g['nodes']):>3} ops, {g['complex_ops']} complex"
+                f"  [{ops}]"
             )
+        transforms = plan.get("transforms") or []
+        if laid or transforms:
+            lines.append(f"layout transforms placed: {len(transforms)}")
+            for t in transforms:
+                shape = "x".join(map(str, t["shape"]))
+                lines.append(f"  {t['tensor']} [{shape}]: {t['from']} -> {t['to']}")
     return "\n".join(lines)
 
 
@@ -399,6 +408,13 @@ def format_search(summary: dict[str, Any]) -> str:
         f"measurements: {summary.get('measurements', 0)} "
         f"({summary.get('measurements_this_run', 0)} in this run)"
     )
+    plan = summary.get("plan")
+    if plan:
+        layouts = ", ".join(f"{k} {v}" for k, v in sorted(plan.get("layouts", {}).items()))
+        lines.append(
+            f"plan: {plan.get('groups')} groups (layouts: {layouts}); layout transforms: "
+            f"{plan.get('transforms', 0)} placed, {plan.get('transforms_cancelled', 0)} cancelled"
+        )
     rho = summary.get("score_rank_correlation")
     measured = [e for e in summary.get("end_to_end", []) if e.get("measured_s")]
     lines.append(

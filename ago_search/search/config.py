@@ -37,6 +37,12 @@ class SearchConfig:
     measured (a leader is timed end to end once all its tasks are tuned).
     first_pass_share: a challenger takes the lead only if tuning its untuned tasks once
     (a round each, at the rounds' observed pace) fits in this share of the budget left.
+    seed_wait_s: the first leader waits for the seeds' scores this long at most (and a tenth
+    of the budget at most); a plan is tuned through its first pass once it leads, so the first
+    choice counts.
+    layouts: search a layout per group (`ago_search.layout.layout_choices` of the target:
+    NCHW, NHWC, NCHW{lanes}c), with TVM's fusion in each layout among the seeds; False: NCHW
+    only.
     divide: divide and conquer (`search/regions.py`): regions at single-tensor cut points,
     each holding at least `region_min_complex` convs/matmuls; moves stay inside a region and
     the best of every region are joined.
@@ -58,6 +64,8 @@ class SearchConfig:
     round_trials: int = 16
     end_to_end_share: float = 0.9
     first_pass_share: float = 0.5
+    layouts: bool = True
+    seed_wait_s: float = 90.0
     divide: bool = True
     region_min_complex: int = 3
     limits: GroupLimits = field(default_factory=GroupLimits)

@@ -40,9 +40,9 @@ from typing import Any
 from ago_search.database import TuningDatabase
 from ago_search.devices import DeviceProfile
 from ago_search.frontend import ImportedModel
-from ago_search.partition import Partition
+from ago_search.layout import layout_choices
 from ago_search.pipeline import SEED_NAMES, PlannedModel, plan_model, prepare_model, seed_partition
-from ago_search.plan import Plan, graph_fingerprint
+from ago_search.plan import cancelled_borders, graph_fingerprint
 from ago_search.schedule.config import TuningConfig
 from ago_search.schedule.results import task_results
 from ago_search.schedule.tasks import Task
@@ -51,6 +51,7 @@ from ago_search.search.budget import Budget, format_duration
 from ago_search.search.config import SearchConfig, SearchResult
 from ago_search.search.estimators import EstimatorPool
 from ago_search.search.finish import PlanMeasurement, measure_plan, search_summary
+from ago_search.search.laid import LaidPartition
 from ago_search.search.regions import Regions
 from ago_search.search.score import PlanScore, PlanScorer
 from ago_search.search.searcher import PlanSearcher, Suggestion
@@ -117,7 +118,8 @@ class _Search:
         self.state.finished = False
         self.budget = Budget(config.budget_s, self.state.spent_s)
         self.store = TuningDatabase(self.folder.database)
-        self.space = PlanSpace(graph, config.limits)
+        layouts = layout_choices(target) if config.layouts else ()
+        self.space = PlanSpace(graph, config.limits, layouts=layouts)
         seeds = {name: seed_partition(self.prepared, name).partition for name in SEED_NAMES}
         if config.divide:
             # boundaries where neither TVM's nor DNNFusion's fusion has a group across (the
@@ -127,6 +129,12 @@ class _Search:
             self.space.regions = regions
             seeds = {name: regions.cut(p) for name, p in seeds.items()}
             log.info("divide and conquer: %d regions", regions.count)
+        laid_seeds = {name: LaidPartition(p) for name, p in seeds.items()}
+        for layout in self.space.layouts:
+            # TVM's fusion in one layout: the plan-wide layout, the search's start for layouts
+            tvm = laid_seeds["tvm"]
+            laid_seeds[f"tvm/{layout}"] = tvm.with_layout(self.space.layout_groups(tvm), layout)
+        seeds = laid_seeds
         self.searcher = PlanSearcher(self.space, seeds, seed=config.seed)
         if self.state.searcher:
             self.searcher.restore(self.state.searcher)
@@ -134,7 +142,7 @@ class _Search:
         for key, data in self.state.estimates.items():
             self.scorer.set_estimate(key, TaskEstimate.from_json(data))
         self.pending: list[Suggestion] = []
-        self.leader: Partition | None = None
+        self.leader: LaidPartition | None = None
         self.leader_key = self.state.leader
         self.last_end_to_end: dict[str, float] = {
             e["plan"]: e["predicted_s"] for e in self.state.end_to_end
@@ -181,6 +189,7 @@ class _Search:
             work_dir=self.folder.path,
         )
         self.pool = pool
+        self.run_started = time.monotonic()
         previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         interrupted = False
         try:
@@ -302,6 +311,8 @@ class _Search:
 
     def _choose_leader(self) -> None:
         best = self.searcher.best(1)
+        if self.leader is None and self._waiting_for_seeds():
+            return
         if not best:
             if self.leader is None:
                 # Nothing scored yet: TVM's own fusion is tuned first (never a bad start).
@@ -353,7 +364,19 @@ class _Search:
             return
         self._set_leader(partition, origin)
 
-    def _set_leader(self, partition: Partition, why: str) -> None:
+    def _waiting_for_seeds(self) -> bool:
+        """Whether the first leader waits for the seeds' scores: until every seed is scored,
+        for at most `seed_wait_s` of this run. The first pass is never cut short for a better
+        plan, so the first leader is the plan a search mostly ends with: a 10-min ResNet-18
+        search took TVM's NCHW fusion before any score (23 ms predicted) and tuned it through,
+        while its own seeds in NHWC and NCHW16c, scored 50 s later, were predicted 14.8 and
+        13.0 ms."""
+        if not any(s.origin.startswith("seed:") for s in self.pending):
+            return False
+        waited = time.monotonic() - self.run_started
+        return waited < min(self.config.seed_wait_s, 0.1 * self.config.budget_s)
+
+    def _set_leader(self, partition: LaidPartition, why: str) -> None:
         if self.leader is not None and partition == self.leader:
             return
         self.leader = partition
@@ -491,7 +514,7 @@ class _Search:
             self._tell(key, partition, self.scorer.score(partition))
         self._report_progress()
 
-    def _tell(self, key: str, partition: Partition, score: PlanScore) -> None:
+    def _tell(self, key: str, partition: LaidPartition, score: PlanScore) -> None:
         """The searcher learns a plan's score, and its cost per region (divide and conquer)."""
         if score.unknown:
             self.searcher.on_result(key, None)
@@ -562,11 +585,11 @@ class _Search:
             planned.plan.save(self.folder.plan)
             final.executable.export_library(str(self.folder.library))
         self.state.finished = True
-        summary = self._summary(final=final, interrupted=False)
+        summary = self._summary(final=final, interrupted=False, partition=partition)
         write_json_atomic(summary, self.folder.summary)
         return summary
 
-    def _best_partition(self) -> Partition:
+    def _best_partition(self) -> LaidPartition:
         best = self.state.best
         if best is not None:
             for key, partition, _ in self.searcher.scored():
@@ -587,7 +610,7 @@ class _Search:
         ranked = self.searcher.best(1)
         if ranked:
             return ranked[0][0]
-        return seed_partition(self.prepared, "tvm").partition
+        return LaidPartition(seed_partition(self.prepared, "tvm").partition)
 
     def _estimator_nodes(self) -> int:
         """The Ray nodes the estimators ran on (asked at the end: asking at the start would
@@ -597,8 +620,33 @@ class _Search:
         except Exception:  # noqa: BLE001 - a lost actor costs the count, not the summary
             return 0
 
-    def _summary(self, final: PlanMeasurement | None, interrupted: bool) -> dict[str, Any]:
+    def _plan_info(self, partition: LaidPartition | None) -> dict[str, Any] | None:
+        """The groups per layout of a plan and the layout transforms it places."""
+        if partition is None:
+            return None
+        layouts: dict[str, int] = {}
+        for group in partition.group_ids:
+            name = partition.layout(group) or "NCHW"
+            layouts[name] = layouts.get(name, 0) + 1
+        self.scorer.add_partitions([partition])
+        groups = [partition.nodes_of(g) for g in partition.group_ids]
+        names = [partition.layout(g) for g in partition.group_ids]
+        return {
+            "key": partition.fingerprint(),
+            "groups": partition.num_groups,
+            "layouts": layouts,
+            "transforms": self.scorer.transforms_of(partition),
+            "transforms_cancelled": cancelled_borders(self.prepared.graph, groups, names),
+        }
+
+    def _summary(
+        self,
+        final: PlanMeasurement | None,
+        interrupted: bool,
+        partition: LaidPartition | None = None,
+    ) -> dict[str, Any]:
         return search_summary(
+            plan_info=self._plan_info(partition if partition is not None else self.leader),
             model=self.imported.path,
             device=self.device,
             budget=self.budget,
@@ -619,8 +667,8 @@ class _Search:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _planned(self, partition: Partition) -> PlannedModel:
-        plan = Plan.from_assignment(self.prepared.graph, partition.assignment())
+    def _planned(self, partition: LaidPartition) -> PlannedModel:
+        plan = partition.plan(self.prepared.graph)
         return plan_model(self.prepared, plan)
 
     def _learn_measured(self, tasks: list[Task]) -> None:

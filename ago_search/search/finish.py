@@ -128,6 +128,7 @@ def search_summary(
     measurements: int,
     measurements_before: int,
     outputs: dict[str, str],
+    plan_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`summary.json`: the final build beside ORT and TVM's default build (or, for a stopped
     search, the best verified plan so far), the budget, the counts, every end-to-end timing and
@@ -171,6 +172,7 @@ def search_summary(
         "end_to_end": state.end_to_end,
         "score_rank_correlation": spearman(pairs),
         "best": state.best,
+        "plan": plan_info,
         "outputs": outputs,
     }
 

@@ -13,9 +13,11 @@ A group's kernel latency is its task's (groups with the same PrimFunc share one 
   and measurements share one scale; a task measured a little but not tuned yet counts the
   better of its measurement and its calibrated estimate.
 
-What a plan pays between groups is its kernel launches (`launch_overhead_s` each); the bytes a
-group reads and writes are in its kernel's latency already. Layout transforms will be groups of
-their own (their kernels counted like any other) when layouts arrive.
+What a plan pays between groups is its kernel launches (`launch_overhead_s` each) and the
+layout transforms where groups of different layouts meet (`plan_borders`): each transform is a
+task like a group's kernel (the PrimFunc the plan places, `border_module`), estimated, tuned and
+measured like the rest. The bytes a group reads and writes are in its kernel's latency already.
+A group is a task per layout: the same ops in NHWC are another PrimFunc than in NCHW.
 
 Groups are turned into tasks once (`fuse_groups`: a group's PrimFunc without fusing the rest
 of the model), so scoring a plan that differs from scored ones in a group or two costs those
@@ -24,6 +26,7 @@ groups only.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,13 +34,19 @@ from typing import Any
 
 import numpy as np
 
-from ago_search.partition import Partition
 from ago_search.pipeline import PreparedModel
-from ago_search.plan import fuse_groups
+from ago_search.plan import Border, border_module, fuse_groups, plan_borders
 from ago_search.schedule.tasks import Task, extract_tasks
+from ago_search.search.laid import LaidPartition, as_laid
 from cost_model.estimate import TaskEstimate
 
-__all__ = ["Calibration", "PlanScore", "PlanScorer"]
+__all__ = ["FAILED_TASK", "Calibration", "PlanScore", "PlanScorer"]
+
+log = logging.getLogger(__name__)
+
+FAILED_TASK = "no-kernel-in-this-layout"
+MIN_KIND_TASKS = 3
+_FAILED = object()
 
 # TVM's VM calls a kernel in about 1-3 us on these CPUs.
 DEFAULT_LAUNCH_OVERHEAD_S = 2e-6
@@ -105,40 +114,122 @@ class PlanScorer:
         self.prepared = prepared
         self.decent_trials = decent_trials
         self.launch_overhead_s = launch_overhead_s
-        self._group_task: dict[frozenset[str], str | None] = {}
+        # (members, layout) -> task key (None: the group is no kernel)
+        self._group_task: dict[tuple[frozenset[str], str | None], str | None] = {}
+        self._borders: dict[str, tuple[Border, ...]] = {}  # plan fingerprint -> transforms
+        self._border_task: dict[Border, str] = {}
+        # a group whose kernel cannot be made in its layout: a task nothing estimates, so
+        # every plan holding it stays unscored
+        self._estimates_failed = TaskEstimate(None, None, 0, 0.0, error="no kernel in this layout")
         self._tasks: dict[str, Task] = {}
         self._estimates: dict[str, TaskEstimate] = {}
         self._measured: dict[str, _Measured] = {}
         self._untunable: set[str] = set()
         self._calibration = Calibration()
+        # task key -> its kind for calibration: the group's layout, or "transform"
+        self._kind: dict[str, str] = {}
+        self._kind_calibration: dict[str, Calibration] = {}
 
     # -- groups -> tasks -----------------------------------------------------------------------
 
-    def add_partitions(self, partitions: Iterable[Partition]) -> list[Task]:
-        """Make the tasks of every group of `partitions` not seen before; the new tasks."""
+    def add_partitions(self, partitions: Iterable[LaidPartition]) -> list[Task]:
+        """Make the tasks of every group (in its layout) and every layout transform of
+        `partitions` not seen before; the new tasks."""
         new_groups: list[tuple[str, ...]] = []
-        pending: set[frozenset[str]] = set()
-        for partition in partitions:
-            for group in partition.group_ids:
-                members = partition.groups[group]
-                if members not in self._group_task and members not in pending:
-                    pending.add(members)
-                    new_groups.append(partition.nodes_of(group))
-        if not new_groups:
-            return []
+        new_layouts: list[str | None] = []
+        pending: set[tuple[frozenset[str], str | None]] = set()
+        new_borders: dict[Border, None] = {}
+        for laid in map(as_laid, partitions):
+            for group in laid.group_ids:
+                key = (laid.groups[group], laid.layout(group))
+                if key not in self._group_task and key not in pending:
+                    pending.add(key)
+                    new_groups.append(laid.nodes_of(group))
+                    new_layouts.append(key[1])
+            for border in self._plan_borders(laid):
+                if border not in self._border_task:
+                    new_borders[border] = None
         prepared = self.prepared
-        mod, names = fuse_groups(prepared.legalized, prepared.graph, new_groups, prepared.target)
-        by_name = {
-            name: task for task in extract_tasks(mod, prepared.target) for name in task.groups
-        }
         new_tasks: list[Task] = []
-        for nodes, name in zip(new_groups, names, strict=True):
-            task = by_name.get(name) if name is not None else None
-            self._group_task[frozenset(nodes)] = task.key if task is not None else None
-            if task is not None and task.key not in self._tasks:
-                self._tasks[task.key] = task
-                new_tasks.append(task)
+        if new_groups:
+            for nodes, layout, task in self._fuse(new_groups, new_layouts):
+                if task is _FAILED:
+                    self._group_task[(frozenset(nodes), layout)] = FAILED_TASK
+                    continue
+                self._group_task[(frozenset(nodes), layout)] = (
+                    task.key if task is not None else None
+                )
+                if task is not None:
+                    self._kind.setdefault(task.key, layout or "NCHW")
+                if task is not None and task.key not in self._tasks:
+                    self._tasks[task.key] = task
+                    new_tasks.append(task)
+        if new_borders:
+            borders = list(new_borders)
+            mod, names = border_module(borders, prepared.target)
+            by_name = {
+                name: task for task in extract_tasks(mod, prepared.target) for name in task.groups
+            }
+            for border, name in zip(borders, names, strict=True):
+                task = by_name[name]
+                self._border_task[border] = task.key
+                self._kind.setdefault(task.key, "transform")
+                if task.key not in self._tasks:
+                    self._tasks[task.key] = task
+                    new_tasks.append(task)
         return new_tasks
+
+    def _fuse(
+        self, groups: list[tuple[str, ...]], layouts: list[str | None]
+    ) -> list[tuple[tuple[str, ...], str | None, Any]]:
+        """(nodes, layout, task) of each group (task None: no kernel; `_FAILED`: its kernel
+        cannot be made in that layout). All in one module; when that fails, one by one, so a
+        group whose operators a layout's schedule primitives refuse costs its plans only."""
+        prepared = self.prepared
+
+        def fuse(part: list[tuple[str, ...]], laid: list[str | None]) -> list[Any]:
+            mod, names = fuse_groups(
+                prepared.legalized, prepared.graph, part, prepared.target, laid
+            )
+            by_name = {
+                name: task for task in extract_tasks(mod, prepared.target) for name in task.groups
+            }
+            return [by_name.get(name) if name is not None else None for name in names]
+
+        try:
+            tasks = fuse(groups, layouts)
+        except Exception:  # noqa: BLE001 - find the group at fault below
+            if len(groups) == 1:
+                tasks = [_FAILED]
+            else:
+                tasks = []
+                for nodes, layout in zip(groups, layouts, strict=True):
+                    try:
+                        tasks.extend(fuse([nodes], [layout]))
+                    except Exception as err:  # noqa: BLE001 - that group in that layout only
+                        log.warning(
+                            "a group of %d ops (%s) cannot be made in %s: %s",
+                            len(nodes),
+                            nodes[0],
+                            layout,
+                            str(err).splitlines()[0][:200],
+                        )
+                        tasks.append(_FAILED)
+        return [
+            (nodes, layout, task)
+            for nodes, layout, task in zip(groups, layouts, tasks, strict=True)
+        ]
+
+    def _plan_borders(self, laid: LaidPartition) -> tuple[Border, ...]:
+        if not laid.has_layouts:
+            return ()
+        key = laid.fingerprint()
+        if key not in self._borders:
+            groups = [laid.nodes_of(g) for g in laid.group_ids]
+            layouts = [laid.layout(g) for g in laid.group_ids]
+            borders = plan_borders(self.prepared.graph, groups, layouts)
+            self._borders[key] = tuple(borders)
+        return self._borders[key]
 
     def task(self, key: str) -> Task:
         return self._tasks[key]
@@ -146,37 +237,46 @@ class PlanScorer:
     def has_task(self, key: str) -> bool:
         return key in self._tasks
 
-    def tasks_of(self, partition: Partition) -> dict[str, int]:
-        """task key -> calls, for the kernels of `partition` (after `add_partitions`)."""
+    def tasks_of(self, partition: LaidPartition) -> dict[str, int]:
+        """task key -> calls, for the kernels of `partition`, its layout transforms included
+        (after `add_partitions`)."""
+        partition = as_laid(partition)
         calls: dict[str, int] = {}
         for group in partition.group_ids:
-            key = self._group_task[partition.groups[group]]
+            key = self._group_task[(partition.groups[group], partition.layout(group))]
             if key is not None:
                 calls[key] = calls.get(key, 0) + 1
+        for border in self._plan_borders(partition):
+            key = self._border_task[border]
+            calls[key] = calls.get(key, 0) + 1
         return calls
+
+    def transforms_of(self, partition: LaidPartition) -> int:
+        """How many layout transforms `partition` places."""
+        return len(self._plan_borders(as_laid(partition)))
 
     # -- what is known of tasks ----------------------------------------------------------------
 
     def needs_estimate(self, keys: Iterable[str]) -> list[str]:
         """The tasks among `keys` without an estimate (tuned ones too: they calibrate)."""
-        return [k for k in dict.fromkeys(keys) if k not in self._estimates]
+        return [k for k in dict.fromkeys(keys) if k not in self._estimates and k != FAILED_TASK]
 
     def set_estimate(self, key: str, estimate: TaskEstimate) -> None:
         self._estimates[key] = estimate
 
     def estimates(self) -> Mapping[str, TaskEstimate]:
-        return self._estimates
+        return {**self._estimates, FAILED_TASK: self._estimates_failed}
 
     def set_measured(self, key: str, best_seconds: float | None, trials: int) -> None:
         """The task's best ok latency on the device (None: none yet) and its search trials."""
         self._measured[key] = _Measured(best_seconds, trials)
-        self._calibration = self._fit_calibration()
+        self._refit()
 
     def set_untunable(self, key: str) -> None:
         """The task cannot be tuned (its search gives no working schedule): its measured
         untuned kernel is its latency for good."""
         self._untunable.add(key)
-        self._calibration = self._fit_calibration()
+        self._refit()
 
     def is_final(self, key: str) -> bool:
         return self._tuned(key)
@@ -191,8 +291,9 @@ class PlanScorer:
         if self._tuned(key):
             return measured.best_seconds, True  # type: ignore[union-attr]
         estimate = self._estimates.get(key)
+        calibration = self._kind_calibration.get(self._kind.get(key, ""), self._calibration)
         guess = (
-            self._calibration.apply(estimate.log_seconds)
+            calibration.apply(estimate.log_seconds)
             if estimate is not None and estimate.log_seconds is not None
             else None
         )
@@ -202,16 +303,17 @@ class PlanScorer:
 
     # -- scores --------------------------------------------------------------------------------
 
-    def group_seconds(self, partition: Partition, group: int) -> float | None:
+    def group_seconds(self, partition: LaidPartition, group: int) -> float | None:
         """What one group of `partition` adds to its score: its kernel's latency and launch
         (0 for a group with no kernel; None while its task is unknown)."""
-        key = self._group_task[partition.groups[group]]
+        partition = as_laid(partition)
+        key = self._group_task[(partition.groups[group], partition.layout(group))]
         if key is None:
             return 0.0
         seconds, _ = self.task_seconds(key)
         return None if seconds is None else seconds + self.launch_overhead_s
 
-    def score(self, partition: Partition) -> PlanScore:
+    def score(self, partition: LaidPartition) -> PlanScore:
         kernel, measured, launches, unknown, untuned = 0.0, 0.0, 0, [], []
         for key, calls in self.tasks_of(partition).items():
             seconds, tuned = self.task_seconds(key)
@@ -245,9 +347,24 @@ class PlanScorer:
             return True
         return estimate is not None and estimate.log_seconds is None
 
-    def _fit_calibration(self) -> Calibration:
+    def _refit(self) -> None:
+        self._calibration = self._fit_calibration()
+        kinds = set(self._kind.values())
+        self._kind_calibration = {}
+        for kind in kinds:
+            fitted = self._fit_calibration(kind)
+            if fitted.tasks >= MIN_KIND_TASKS:
+                self._kind_calibration[kind] = fitted
+
+    def _fit_calibration(self, kind: str | None = None) -> Calibration:
+        """The median log error of the tuned tasks' estimates; of those of one kind (a
+        layout, or the transforms) when `kind` is given: the GNN learned on NCHW kernels, and
+        its error on a layout's kernels is that layout's own (each kind is calibrated on its
+        own once `MIN_KIND_TASKS` of its tasks are tuned, on all tuned tasks before)."""
         diffs = []
         for key, measured in self._measured.items():
+            if kind is not None and self._kind.get(key) != kind:
+                continue
             estimate = self._estimates.get(key)
             if (
                 self._tuned(key)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ago_search.partition import Partition
+from ago_search.search.laid import LaidPartition
 from ago_search.search.space import PlanSpace
 
 __all__ = ["PlanSearcher", "Suggestion"]
@@ -32,9 +33,10 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class Suggestion:
-    """A partition to score; `origin` says where it came from ("seed:tvm", "merge+split")."""
+    """A plan to score (a partition with its groups' layouts); `origin` says where it came
+    from ("seed:tvm", "merge+split", "seed:tvm/NHWC")."""
 
-    partition: Partition
+    partition: LaidPartition
     origin: str
 
     @property
@@ -44,7 +46,7 @@ class Suggestion:
 
 @dataclass
 class _Entry:
-    partition: Partition
+    partition: LaidPartition
     origin: str
     score: float | None = None
     parts: tuple[float, ...] | None = None  # cost per region, when the space has regions
@@ -57,7 +59,7 @@ class PlanSearcher:
     def __init__(
         self,
         space: PlanSpace,
-        seeds: Mapping[str, Partition],
+        seeds: Mapping[str, Partition | LaidPartition],
         population: int = 12,
         tournament: int = 3,
         max_moves: int = 3,
@@ -70,7 +72,8 @@ class PlanSearcher:
         self._rng = random.Random(seed)
         self._entries: dict[str, _Entry] = {}
         self._queue: list[Suggestion] = []
-        for name, partition in seeds.items():
+        for name, seed in seeds.items():
+            partition = seed if isinstance(seed, LaidPartition) else LaidPartition(seed)
             fitted = space.fit_to_limits(partition)
             origin = f"seed:{name}" + ("" if fitted == partition else "(cut to the limits)")
             if fitted.fingerprint() not in {s.key for s in self._queue}:
@@ -126,13 +129,13 @@ class PlanSearcher:
             raise ValueError("region costs given for a space without those regions")
         entry.parts = tuple(parts) if parts is not None and score is not None else None
 
-    def best(self, count: int = 1) -> list[tuple[Partition, float, str]]:
+    def best(self, count: int = 1) -> list[tuple[LaidPartition, float, str]]:
         """The best scored partitions: (partition, score, origin), best first."""
         scored = [e for e in self._entries.values() if e.score is not None]
         scored.sort(key=lambda e: e.score)  # type: ignore[arg-type, return-value]
         return [(e.partition, float(e.score), e.origin) for e in scored[:count]]  # type: ignore[arg-type]
 
-    def scored(self) -> list[tuple[str, Partition, float]]:
+    def scored(self) -> list[tuple[str, LaidPartition, float]]:
         """Every scored partition: (key, partition, score)."""
         return [(k, e.partition, e.score) for k, e in self._entries.items() if e.score is not None]
 
@@ -174,13 +177,13 @@ class PlanSearcher:
         self._rng.setstate(_rng_from_json(state["rng"]))
         self._entries = {}
         for item in state["entries"]:
-            partition = Partition.from_dict(graph, item["partition"])
+            partition = LaidPartition.from_dict(graph, item["partition"])
             parts = item.get("parts")
             self._entries[partition.fingerprint()] = _Entry(
                 partition, item["origin"], item.get("score"), tuple(parts) if parts else None
             )
         self._queue = [
-            Suggestion(Partition.from_dict(graph, item["partition"]), item["origin"])
+            Suggestion(LaidPartition.from_dict(graph, item["partition"]), item["origin"])
             for item in state.get("queue", [])
         ]
 
@@ -196,7 +199,7 @@ class PlanSearcher:
         picks = [self._rng.randrange(len(scored)) for _ in range(self.tournament)]
         return scored[min(picks)]
 
-    def _join_best(self) -> Partition | None:
+    def _join_best(self) -> LaidPartition | None:
         """The join of the best plan of every region, if it was never suggested."""
         regions = self.space.regions
         if regions is None or regions.count < 2:
@@ -207,8 +210,11 @@ class PlanSearcher:
         best = [min(costed, key=lambda e: e.parts[r]) for r in range(regions.count)]  # type: ignore[index]
         if len({id(e) for e in best}) < 2:
             return None  # one plan is best everywhere: nothing to join
-        joined = regions.join([e.partition for e in best])
-        return None if joined.fingerprint() in self._entries else joined
+        joined = regions.join([e.partition.partition for e in best])
+        of = regions.of_position
+        labels = [best[of[p]].partition.labels[p] for p in range(len(of))]
+        laid = LaidPartition(joined, labels)
+        return None if laid.fingerprint() in self._entries else laid
 
     def _geometric(self) -> int:
         extra = 0

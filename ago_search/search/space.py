@@ -15,8 +15,19 @@ without a single record. Every group a plan of this space holds keeps within `ma
 of `max_working_set` bytes (one conv with its elementwise ops is TVM's own fusion, tuned
 routinely at any size); seeds that break a limit are cut down first (`fit_to_limits`).
 
-Each group also has a layout slot in the plan (`GroupPlan.layout`); layout moves arrive with the
-layouts issue, and `PlanSpace.neighbour` is where they go.
+Layouts (ALT): a plan of the space is a `LaidPartition`, a layout per group. With layout
+choices (`layouts`, e.g. NHWC and NCHW16c: `ago_search.layout.layout_choices`) two more moves:
+
+- layout: one group that holds a rank-4 activation takes another layout (or NCHW again);
+- layout-region: a group and up to 7 neighbouring groups around it take one layout, so a run
+  of groups changes together and the transforms between them cancel (a lone group in a layout
+  pays a transform at each border, which a one-group move alone rarely wins back).
+
+Both propagate (ALT): the layout-agnostic groups (no conv or matmul) next to the changed ones,
+and theirs in turn, take the same layout, so an elementwise or pooling group between two convs
+never forces a transform on each side.
+
+Partition moves keep every node's layout (`LaidPartition.with_partition`).
 """
 
 from __future__ import annotations
@@ -24,14 +35,19 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ago_search.graph import OpGraph
+from ago_search.layout import touches_activation
 from ago_search.partition import Illegal, Partition, graph_index
+from ago_search.search.laid import LaidPartition, as_laid
 from ago_search.search.regions import Regions
 
 __all__ = ["GroupLimits", "PlanSpace"]
 
 MOVES = ("merge", "split", "move")
+LAYOUT_MOVES = ("layout", "layout-region")
+MAX_REGION_GROUPS = 8
 
 
 @dataclass(frozen=True)
@@ -54,12 +70,20 @@ class PlanSpace:
     """The legal partitions of `graph` within `limits`, and random moves between them."""
 
     def __init__(
-        self, graph: OpGraph, limits: GroupLimits | None = None, regions: Regions | None = None
+        self,
+        graph: OpGraph,
+        limits: GroupLimits | None = None,
+        regions: Regions | None = None,
+        layouts: Sequence[str] = (),
     ) -> None:
         self.graph = graph
         self.index = graph_index(graph)
         self.limits = limits or GroupLimits()
         self.regions = regions  # moves keep every group inside its region (search/regions.py)
+        self.layouts = tuple(lay for lay in layouts if lay != "NCHW")  # besides the default
+        # nodes that write or read a rank-4 activation: a group holding one can take a layout
+        # (a flatten after the global pool too: else it reads NCHW, a transform before it)
+        self._laid_nodes = frozenset(n for n in graph.order if touches_activation(graph, n))
 
     def _same_region(self, partition: Partition, *groups: int) -> bool:
         if self.regions is None:
@@ -81,12 +105,17 @@ class PlanSpace:
         # could not sample, left as untuned convs.)
         return stats.complex_ops <= 1 or stats.working_set_bytes <= self.limits.max_working_set
 
-    def fits(self, partition: Partition) -> bool:
+    def fits(self, partition: Partition | LaidPartition) -> bool:
+        if isinstance(partition, LaidPartition):
+            partition = partition.partition
         return all(self.group_fits(partition, g) for g in partition.group_ids)
 
-    def fit_to_limits(self, partition: Partition) -> Partition:
+    def fit_to_limits(self, partition: Any) -> Any:
         """`partition` with every group over a limit split (at the middle of a topological
-        order of its members, then smaller) until all fit."""
+        order of its members, then smaller) until all fit (a `LaidPartition` keeps its
+        nodes' layouts)."""
+        if isinstance(partition, LaidPartition):
+            return partition.with_partition(self.fit_to_limits(partition.partition))
         changed = True
         while changed:
             changed = False
@@ -105,18 +134,73 @@ class PlanSpace:
     # -- moves -------------------------------------------------------------------------------
 
     def neighbour(
-        self, partition: Partition, rng: random.Random, tries: int = 16
-    ) -> tuple[Partition, str] | None:
-        """A random legal partition one move away, within the limits, and the move's name;
-        None when `tries` random moves all failed."""
+        self, laid: LaidPartition | Partition, rng: random.Random, tries: int = 16
+    ) -> tuple[LaidPartition, str] | None:
+        """A random legal plan one move away, within the limits, and the move's name; None
+        when `tries` random moves all failed."""
+        laid = as_laid(laid)
+        kinds = MOVES + (LAYOUT_MOVES if self.layouts else ())
         for _ in range(tries):
-            kind = rng.choice(MOVES)
-            result = getattr(self, f"_random_{kind}")(partition, rng)
+            kind = rng.choice(kinds)
+            if kind in LAYOUT_MOVES:
+                moved = self._random_layout(laid, rng, region=kind == "layout-region")
+                if moved is not None:
+                    return moved, kind
+                continue
+            result = getattr(self, f"_random_{kind}")(laid.partition, rng)
             # a split or a move can grow a group's working set (an intermediate that was inside
             # becomes an input of one half), so every group is checked, not just the new ones
             if result is not None and not isinstance(result, Illegal) and self.fits(result):
-                return result, kind
+                return laid.with_partition(result), kind
         return None
+
+    def layout_groups(self, laid: LaidPartition) -> list[int]:
+        """The groups of `laid` that hold a rank-4 activation (a layout changes them)."""
+        return [g for g in laid.group_ids if not laid.groups[g].isdisjoint(self._laid_nodes)]
+
+    def _random_layout(
+        self, laid: LaidPartition, rng: random.Random, region: bool
+    ) -> LaidPartition | None:
+        candidates = self.layout_groups(laid)
+        if not candidates:
+            return None
+        group = candidates[rng.randrange(len(candidates))]
+        current = laid.layout(group)
+        options = [lay for lay in (None, *self.layouts) if lay != current]
+        layout = options[rng.randrange(len(options))]
+        chosen = [group]
+        able = set(candidates)
+        if region:
+            size = rng.randint(2, MAX_REGION_GROUPS)
+            frontier = [group]
+            while frontier and len(chosen) < size:
+                for other in sorted(laid.neighbours(frontier.pop(0))):
+                    if other in able and other not in chosen and len(chosen) < size:
+                        chosen.append(other)
+                        frontier.append(other)
+        chosen += self._agnostic_around(laid, chosen, able)
+        return laid.with_layout(chosen, layout)
+
+    def _agnostic_around(
+        self, laid: LaidPartition, chosen: Sequence[int], able: set[int]
+    ) -> list[int]:
+        """Propagation (ALT): the groups without a conv or matmul (elementwise, pools, concat,
+        resize: layout-agnostic) reachable from `chosen` through such groups take the same
+        layout, instead of a transform on each side of them."""
+        index = self.index
+        seen = set(chosen)
+        frontier = list(chosen)
+        out: list[int] = []
+        while frontier:
+            for other in sorted(laid.neighbours(frontier.pop(0))):
+                if other in seen or other not in able:
+                    continue
+                seen.add(other)
+                members = laid.groups[other]
+                if not any(index.complex[index.position[n]] for n in members):
+                    out.append(other)
+                    frontier.append(other)
+        return out
 
     def _random_merge(self, partition: Partition, rng: random.Random) -> Partition | None:
         groups = partition.group_ids
