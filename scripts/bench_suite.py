@@ -49,7 +49,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,7 @@ class ModelRun:
 
     @property
     def search_out(self) -> Path:
-        return self.dir / "search"
+        return self.out_of(SEARCH)
 
     @cached_property
     def search_planned(self) -> PlannedModel:
@@ -210,41 +210,33 @@ def build_tune_tasks(m: ModelRun) -> TunedBuild:
     return compile_from_db(m.planned, m.dir / "tune-tasks.db", m.host.key)
 
 
-def tune_search(m: ModelRun, cell: Cell) -> None:
+def tune_search(m: ModelRun, cell: Cell, label: str = SEARCH, layouts: bool = True) -> None:
+    """The search into `m.out_of(label)`; with `layouts=False` every group stays NCHW
+    (`--no-layouts`: what layouts are worth)."""
     from ago_search import api
 
-    result = api.search(m.path, m.budget_s, m.shapes, out=m.search_out, seed=m.seed, progress=False)
+    result = api.search(
+        m.path,
+        m.budget_s,
+        m.shapes,
+        out=m.out_of(label),
+        seed=m.seed,
+        progress=False,
+        layouts=layouts,
+    )
     if result.interrupted:  # Ctrl-C inside the search: stop the suite, the cell stays open
         raise KeyboardInterrupt
     summary = result.summary
     cell.update(tuning_s=summary["spent_s"], trials=summary["measurements"], summary=summary)
 
 
-def build_search(m: ModelRun) -> TunedBuild:
-    if not (m.search_out / "plan.json").exists():
-        raise RuntimeError(f"the search wrote no verified plan to {m.search_out}")
-    return compile_from_db(m.search_planned, m.search_out / "tuning.db", m.host.key)
-
-
-def tune_search_nchw(m: ModelRun, cell: Cell) -> None:
-    """The search with every group in NCHW (`--no-layouts`): what layouts are worth."""
-    from ago_search import api
-
-    out = m.out_of(SEARCH_NCHW)
-    result = api.search(
-        m.path, m.budget_s, m.shapes, out=out, seed=m.seed, progress=False, layouts=False
-    )
-    if result.interrupted:
-        raise KeyboardInterrupt
-    summary = result.summary
-    cell.update(tuning_s=summary["spent_s"], trials=summary["measurements"], summary=summary)
-
-
-def build_search_nchw(m: ModelRun) -> TunedBuild:
-    out = m.out_of(SEARCH_NCHW)
+def build_search(m: ModelRun, label: str = SEARCH) -> TunedBuild:
+    out = m.out_of(label)
     if not (out / "plan.json").exists():
         raise RuntimeError(f"the search wrote no verified plan to {out}")
-    planned = plan_model(m.planned.prepared, out / "plan.json")
+    planned = (
+        m.search_planned if label == SEARCH else plan_model(m.planned.prepared, out / "plan.json")
+    )
     return compile_from_db(planned, out / "tuning.db", m.host.key)
 
 
@@ -254,7 +246,10 @@ METHODS: dict[str, tuple[Tune, Build]] = {
     METASCHEDULE: (tune_metaschedule, build_metaschedule),
     TUNE_TASKS: (tune_tune_tasks, build_tune_tasks),
     SEARCH: (tune_search, build_search),
-    SEARCH_NCHW: (tune_search_nchw, build_search_nchw),
+    SEARCH_NCHW: (
+        partial(tune_search, label=SEARCH_NCHW, layouts=False),
+        partial(build_search, label=SEARCH_NCHW),
+    ),
 }
 
 

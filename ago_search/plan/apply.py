@@ -55,6 +55,7 @@ from ago_search.layout import (
     parse_layout,
     stored_shape,
     to_stored,
+    touches_activation,
     transform_primfunc,
 )
 from ago_search.plan.plan import Plan, PlanError, validate_plan
@@ -759,8 +760,9 @@ def _border_reads(
         shapes[node] = (shape, str(data["dtype"]))
         layout = parsed[group_of[node]]
         # a tuple-producing call and an operator left in main as it is (no call_tir) keep
-        # their tensors as they are (`_tensor_roles`, `_is_groupable`)
-        if len(outs) != 1 or data.get("primfunc") is None:
+        # their tensors as they are (`_tensor_roles`, `_is_groupable`); so, trivially, does
+        # one with no rank-4 tensor
+        if not touches_activation(graph, node):
             nchw_only.add(node)
         stored[node] = "NCHW" if node in nchw_only else _stored_as(layout, shape)
     wanted: dict[tuple[str, str], None] = {}

@@ -167,9 +167,7 @@ class PlanScorer:
         if new_borders:
             borders = list(new_borders)
             mod, names = border_module(borders, prepared.target)
-            by_name = {
-                name: task for task in extract_tasks(mod, prepared.target) for name in task.groups
-            }
+            by_name = self._tasks_by_name(mod)
             for border, name in zip(borders, names, strict=True):
                 task = by_name[name]
                 self._border_task[border] = task.key
@@ -178,6 +176,11 @@ class PlanScorer:
                     self._tasks[task.key] = task
                     new_tasks.append(task)
         return new_tasks
+
+    def _tasks_by_name(self, mod: Any) -> dict[str, Task]:
+        """The tasks of a module of groups or transforms, by the name of each call site."""
+        tasks = extract_tasks(mod, self.prepared.target)
+        return {name: task for task in tasks for name in task.groups}
 
     def _fuse(
         self, groups: list[tuple[str, ...]], layouts: list[str | None]
@@ -191,9 +194,7 @@ class PlanScorer:
             mod, names = fuse_groups(
                 prepared.legalized, prepared.graph, part, prepared.target, laid
             )
-            by_name = {
-                name: task for task in extract_tasks(mod, prepared.target) for name in task.groups
-            }
+            by_name = self._tasks_by_name(mod)
             return [by_name.get(name) if name is not None else None for name in names]
 
         try:
