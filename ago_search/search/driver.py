@@ -276,14 +276,15 @@ class _Search:
 
     def _propose(self, pool: EstimatorPool) -> None:
         # The split between proposing and measuring: estimating shares the cores with the
-        # tuning's own search and builds, so its CPU time is held to `explore_share` of the
-        # wall time spent: here for new proposals (the seeds are always proposed), and in the
-        # pool for every estimate, the seeds' too.
+        # tuning's own search and builds, so from the first leader on the pool holds its CPU
+        # time to `explore_share` of the wall time (`EstimatorPool.pace`), and new plans are
+        # proposed only while it is within that share and has little queued. The seeds are
+        # always proposed, and estimated as fast as the estimators go; they count against
+        # nothing (counted, the seeds' estimates, some 100 s of CPU on 2 cores, held new
+        # proposals back until 0.15 x the time spent exceeded them: most of a 10-min search).
         if pool.pending >= 2 * pool.workers:
             return
-        if len(self.searcher) >= 3 and pool.seconds > self.config.explore_share * (
-            self.budget.spent - self.budget.spent_before
-        ):
+        if len(self.searcher) >= 3 and pool.over_share():
             return
         suggestions = self.searcher.suggest(self.config.suggest_batch)
         if not suggestions:
@@ -495,8 +496,7 @@ class _Search:
         for result in report.tasks:
             self.scorer.set_measured(result.key, result.best_seconds, result.trials)
             self._note_failing(result.key, result.best_seconds, result.trials)
-        if report.trials_run >= trials:
-            self.round_s = report.wall_s / (report.trials_run / self.config.round_trials)
+        # (`round_s` is left alone: this run's time holds the tasks' design-space probes)
         log.info("explored %s in %.0f s", ", ".join(kinds), report.wall_s)
 
     def _log_calibration(self) -> None:

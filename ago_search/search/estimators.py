@@ -129,10 +129,8 @@ class EstimatorPool:
         while self._backlog:
             if self.share is not None and len(self._running) >= len(self._actors):
                 return  # paced: one in flight per actor (without a share, all are queued)
-            if not force and self.share is not None:
-                allowed = self.share * (time.monotonic() - self._started) + self.head_start_s
-                if self._paced_seconds > allowed:
-                    return
+            if not force and self.over_share():
+                return
             key, mod = self._backlog.pop(0)
             actor = self._actors[self._next % len(self._actors)]
             self._next += 1
@@ -140,6 +138,14 @@ class EstimatorPool:
             self._running[ref] = key
             if self.share is None:
                 self._unpaced.add(ref)
+
+    def over_share(self) -> bool:
+        """Whether the estimates since `pace` took more CPU time than the share allows now
+        (False while unpaced)."""
+        if self.share is None:
+            return False
+        allowed = self.share * (time.monotonic() - self._started) + self.head_start_s
+        return self._paced_seconds > allowed
 
     def nodes(self) -> set[str]:
         """The Ray nodes the actors run on."""
