@@ -424,7 +424,8 @@ def train_cost_model(
     remeasured_only: bool = False,
 ) -> dict:
     """Train the GNN cost model on trace files; metrics on held-out models (and XGB's).
-    remeasured_only: only schedules whose label `ago-search remeasure` made."""
+    remeasured_only: only clean labels (`cost_model.input_pipeline.clean_label`): re-measured
+    ones, and those measured after the measurement fix of 2026-11-21."""
     from cost_model.configs.default import Config
     from cost_model.training import train_cost_model as train
 

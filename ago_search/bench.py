@@ -78,6 +78,9 @@ class RuntimeRun:
     threads_used: int  # OS threads that used CPU time during the timed repeats
     checks: tuple[OutputCheck, ...] = ()  # vs ORT at the same thread count; () for ORT
     error: str | None = None
+    # a build's functions, their seconds per inference inside the model (bench_model's
+    # profile_runs; None: not asked)
+    kernels: dict[str, float] | None = field(default=None, hash=False)
 
     @property
     def verified(self) -> bool:
@@ -96,6 +99,7 @@ class RuntimeRun:
             "checks": [c.to_json() for c in self.checks],
             "error": self.error,
             "verified": self.verified,
+            "kernels": self.kernels,
         }
 
     @classmethod
@@ -109,6 +113,7 @@ class RuntimeRun:
             threads_used=int(data["threads_used"]),
             checks=tuple(OutputCheck.from_json(c) for c in data.get("checks", [])),
             error=data.get("error"),
+            kernels=data.get("kernels"),
         )
 
 
@@ -239,9 +244,11 @@ def _run_isolated(
     inputs: list[np.ndarray],
     protocol: MeasureProtocol,
     timeout_s: float,
+    profile_runs: int = 0,
 ) -> tuple[RuntimeRun, list[np.ndarray]]:
     """Time one runtime in a fresh process (start-up included in `timeout_s`); its run, with
     no checks yet, and its outputs. A crash, a timeout or an exception is a run with `error`.
+    profile_runs: a TVM build's functions also timed inside the model (`RuntimeRun.kernels`).
     """
     is_ort = runtime == ORT
     function = f"{_WORKER_MODULE}:{'run_onnxruntime' if is_ort else 'run_tvm'}"
@@ -257,7 +264,9 @@ def _run_isolated(
     with worker:
         try:
             worker.ready()
-            args = (str(model), input_names, inputs, threads, protocol.to_json())
+            args: tuple = (str(model), input_names, inputs, threads, protocol.to_json())
+            if profile_runs and not is_ort:
+                args += (profile_runs,)
             # the host's cores to itself, as every measurement: the search's estimators (Ray
             # actors under the shared lease) otherwise ran beside it, and one plan of a
             # ResNet-18 search timed 28.9, 36.6 and 52.5 ms
@@ -273,7 +282,14 @@ def _run_isolated(
             error = str(err).split("\nTraceback (most recent call last):", 1)[0]
     if error is not None:
         return RuntimeRun(runtime, threads, None, 0.0, 0, error=error), []
-    run = RuntimeRun(runtime, threads, result["timing"], result["setup_s"], result["threads_used"])
+    run = RuntimeRun(
+        runtime,
+        threads,
+        result["timing"],
+        result["setup_s"],
+        result["threads_used"],
+        kernels=result.get("kernels"),
+    )
     return run, list(result["outputs"])
 
 
@@ -310,6 +326,7 @@ def bench_model(
     timeout_s: float = 600.0,
     builds: Mapping[str, Any] | None = None,
     tvm_default: bool = True,
+    profile_runs: int = 0,
 ) -> BenchResult:
     """ORT vs TVM's default build of `imported`, per thread count, timed and verified.
 
@@ -318,7 +335,9 @@ def bench_model(
     times out is a run with `error` set, not an exception. builds: further TVM executables
     of the same model (label -> relax VMExecutable, e.g. a tuned plan), each timed and
     verified like TVM's default build, as runtime `label`. tvm_default=False leaves TVM's
-    default build out (ORT still runs: it is the reference).
+    default build out (ORT still runs: it is the reference). profile_runs: each of `builds`
+    is also run that many times with every function call timed inside the model
+    (`RuntimeRun.kernels`), after its timing.
     """
     from ago_search import build, devices
 
@@ -364,7 +383,14 @@ def bench_model(
         for count in thread_counts:
             for runtime, model in models.items():
                 run, outputs = _run_isolated(
-                    runtime, count, model, input_names, inputs, protocol, timeout_s
+                    runtime,
+                    count,
+                    model,
+                    input_names,
+                    inputs,
+                    protocol,
+                    timeout_s,
+                    profile_runs if runtime in builds else 0,
                 )
                 if runtime == ORT:
                     if outputs:

@@ -69,10 +69,13 @@ def run_tvm(
     inputs: Sequence[np.ndarray],
     threads: int,
     protocol: dict,
+    profile_runs: int = 0,
 ) -> dict[str, Any]:
     """A TVM library written by `build.export_executable`, its `main` on `inputs`; raises if
     TVM's pool does not have `threads` threads (the environment sets it). Same result keys
-    as `run_onnxruntime` (setup_s: load + VM)."""
+    as `run_onnxruntime` (setup_s: load + VM), and with `profile_runs` "kernels": each
+    function's time per inference inside the model (`VMRunner.kernel_times`), after the
+    timing (the hook never runs while it is timed)."""
     from ago_search.build import VMRunner, load_executable
     from ago_search.measure.threads import tvm_num_threads
 
@@ -86,4 +89,10 @@ def run_tvm(
     actual = tvm_num_threads()
     if actual != threads:
         raise RuntimeError(f"TVM uses {actual} threads, {threads} were asked for")
-    return {"setup_s": setup_s, "timing": timing, "threads_used": busy, "outputs": outputs}
+    result = {"setup_s": setup_s, "timing": timing, "threads_used": busy, "outputs": outputs}
+    if profile_runs > 0:
+        try:
+            result["kernels"] = runner.kernel_times(profile_runs)
+        except Exception as exc:  # noqa: BLE001 - an extra: the timing and outputs stand
+            result["kernels_error"] = f"{type(exc).__name__}: {exc}"
+    return result

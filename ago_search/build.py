@@ -17,7 +17,7 @@ TVM's thread settings (`tvm_thread_env`, `set_tvm_threads`) are in
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +211,78 @@ class VMRunner:
 
     def outputs(self) -> list[np.ndarray]:
         return _to_numpy(self._main())
+
+    def kernel_times(self, runs: int = 20, warmup: int = 2) -> dict[str, float]:
+        """Each function the VM calls (kernels; not its builtins, not Relax closures, whose
+        time holds their kernels'), its wall time per inference inside the model: the median
+        over `runs` inferences of the summed time of its calls, through the VM's instrument
+        hook. The hook's own cost (a microsecond or two a call, more with more arguments) is
+        taken off, as fitted on the VM's builtins (allocations: nearly free themselves)
+        against their argument counts. What a kernel costs where the model runs it: its
+        inputs just written by the kernel before, its weights wherever the rest of the model
+        left them."""
+        import statistics
+        import time
+
+        started: dict[str, float] = {}
+        calls: list[tuple[str, float, int]] = []  # (symbol, seconds, arguments)
+
+        def instrument(func: object, symbol: str, before: bool, ret: object, *args: object) -> int:
+            now = time.perf_counter()
+            if before:
+                started[symbol] = now
+            elif symbol in started and isinstance(func, tvm_ffi.Function):
+                calls.append((symbol, now - started.pop(symbol), len(args)))
+            return 0
+
+        for _ in range(warmup):
+            self._main()
+        per_run: list[list[tuple[str, float, int]]] = []
+        self._vm.set_instrument(instrument)
+        try:
+            for _ in range(runs):
+                calls.clear()
+                self._main()
+                per_run.append(list(calls))
+        finally:
+            try:
+                self._vm.set_instrument(None)
+            except Exception:  # noqa: BLE001 - an older VM keeps the hook: time nothing after
+                log.debug("the VM's instrument hook could not be removed")
+        hook = _hook_cost([c for run in per_run for c in run if c[0].startswith("vm.builtin")])
+        symbols = {c[0] for run in per_run for c in run if not c[0].startswith("vm.builtin")}
+        totals: dict[str, list[float]] = {k: [] for k in symbols}
+        for run in per_run:
+            seconds = dict.fromkeys(symbols, 0.0)
+            for symbol, took, nargs in run:
+                if symbol in seconds:
+                    seconds[symbol] += max(0.0, took - hook(nargs))
+            for symbol, value in seconds.items():
+                totals[symbol].append(value)
+        return {k: statistics.median(v) for k, v in totals.items()}
+
+
+def _hook_cost(builtins: list[tuple[str, float, int]]) -> Callable[[int], float]:
+    """The instrument hook's cost per call as a + b x arguments, fitted (least squares on
+    the medians per argument count) on builtin calls; the median alone when they all take as
+    many arguments; 0 without any."""
+    import statistics
+
+    by_count: dict[int, list[float]] = {}
+    for _, took, nargs in builtins:
+        by_count.setdefault(nargs, []).append(took)
+    if not by_count:
+        return lambda nargs: 0.0
+    points = sorted((n, statistics.median(v)) for n, v in by_count.items())
+    if len(points) == 1:
+        only = points[0][1]
+        return lambda nargs: only
+    xs = np.array([p[0] for p in points], np.float64)
+    ys = np.array([p[1] for p in points], np.float64)
+    slope, intercept = np.polyfit(xs, ys, 1)
+    slope = max(0.0, float(slope))
+    floor = float(ys.min())
+    return lambda nargs: max(floor, intercept + slope * nargs)
 
 
 def run_executable(

@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--remeasured-only",
         action="store_true",
-        help="only schedules whose label `ago-search remeasure` made",
+        help="only clean labels: made by `ago-search remeasure`, or measured after the "
+        "measurement fix of 2026-11-21",
     )
 
     collect = sub.add_parser(

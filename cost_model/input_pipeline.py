@@ -150,6 +150,20 @@ def _label_rank(line: Mapping[str, Any]) -> float | None:
 MIN_CPU_SHARE = 0.9
 
 
+# When the measurement fix landed (2026-11-21 16:48 UTC, commit 919bb65: checked runs no
+# longer leak TVM pool threads that ran beside later timings). A record measured after it has
+# a clean label of its own, like a re-measured one.
+MEASUREMENT_FIX_AT = 1795279680.0
+
+
+def clean_label(line: Mapping[str, Any]) -> bool:
+    """Whether a record's label can be trusted: re-measured (`ago-search remeasure`) without
+    disturbance, or measured after the measurement fix (`MEASUREMENT_FIX_AT`)."""
+    if _label_rank(line) is not None:
+        return not remeasure_disturbed(line)
+    return float(line.get("measured_at") or 0.0) >= MEASUREMENT_FIX_AT
+
+
 def remeasure_disturbed(line: Mapping[str, Any]) -> bool:
     """Whether a re-measured record has a round timed while other processes ran."""
     shares = ((line.get("extra") or {}).get("remeasured") or {}).get("cpu_share") or []
@@ -171,10 +185,10 @@ def load_dataset(
 
     A schedule found in several records gets one label: a re-measured one
     (`ago-search remeasure`) over any other, else the first file's. remeasured_only: keep only
-    schedules with a re-measured label (labels of traces timed on a busy machine, or before
-    the measurement fix of 2026-11-21, are noisy: README, "Cost model"), and not those whose
-    re-measurement was itself disturbed by other processes (a round's CPU share below
-    MIN_CPU_SHARE after every retry).
+    schedules with a clean label (`clean_label`): re-measured, and not disturbed by other
+    processes then (a round's CPU share below MIN_CPU_SHARE after every retry), or measured
+    after the measurement fix of 2026-11-21 (labels of traces timed on a busy machine, or
+    before it, are noisy: README, "Cost model").
 
     Beside a folder, `models.json` labels tasks with models and `tasks.json` gives each task's
     weight (its calls per inference, summed over its models) and operators (op nodes of the
@@ -234,7 +248,7 @@ def load_dataset(
     for ident, line in chosen.items():
         if ident in dropped:
             continue
-        if remeasured_only and (_label_rank(line) is None or remeasure_disturbed(line)):
+        if remeasured_only and not clean_label(line):
             continue
         records[ident[0]].append(line)
     tasks = []

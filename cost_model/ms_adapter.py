@@ -25,7 +25,7 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from cost_model.features import CandidateGraph, Featurizer
+from cost_model.features import STORE_DIM, CandidateGraph, Featurizer
 from cost_model.input_pipeline import Batch, padded_sizes
 from cost_model.predictor import Predictor, load_pretrained
 
@@ -41,7 +41,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     """predictor: a trained `Predictor` (default: the shipped pretrained one).
     online_steps: fine-tuning steps per `update` (0: never fine-tune online).
     blend_trials: ok measurements of a task at which the online XGB's ranking weighs as much
-    as the GNN's (None: no online XGB)."""
+    as the GNN's (None: no online XGB); the XGB has no say before it is trained on
+    `xgb_warmup_samples` measurements in all (MetaSchedule's XGBModel predicts uniform noise
+    before that)."""
 
     def __init__(
         self,
@@ -52,6 +54,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         seed: int = 0,
         blend_trials: float | None = 32.0,
         num_tuning_cores: int | None = None,
+        xgb_warmup_samples: int = 100,
     ) -> None:
         super().__init__()
         if blend_trials is not None and blend_trials <= 0:
@@ -76,26 +79,41 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             cores = num_tuning_cores or host_num_cores()
             from cost_model.xgb import PackSumXGBModel
 
-            self._xgb = PackSumXGBModel(num_tuning_cores=cores)
+            self._xgb = PackSumXGBModel(
+                num_tuning_cores=cores, num_warmup_samples=xgb_warmup_samples
+            )
 
     def _features(self, context: Any, candidates: list) -> list[CandidateGraph]:
+        return [p.graph() for p in self._store_parts(context, candidates)]
+
+    def _store_parts(self, context: Any, candidates: list) -> list[Any]:
         if self._featurizer is None:
             self._featurizer = Featurizer(context.target)
-        return self._featurizer.from_candidates(context, candidates)
+        return self._featurizer.store_parts(context, candidates)
 
     def predict(self, context: Any, candidates: list) -> np.ndarray:
         self.calls["predict"] += 1
         if not candidates:
             return np.zeros(0, np.float64)
-        pred = self.predictor.predict(self._features(context, candidates))
+        # MetaSchedule's per-store features, extracted once (each candidate lowered once):
+        # the GNN's graphs are built on them, and the online XGB reads their store columns,
+        # which are what its own extractor ("per-store-feature") would give
+        parts = self._store_parts(context, candidates)
+        pred = self.predictor.predict([p.graph() for p in parts])
         score = -np.asarray(pred, np.float64)  # higher is better, log scale
         weight = self.xgb_weight(context)
         if weight > 0 and len(candidates) > 1:
-            # the Python object behind the FFI one; its predict takes the candidates as they are
-            throughput = np.asarray(self._xgb._inst.predict(context, candidates), np.float64)
+            throughput = self._xgb_predict(parts)
             xgb = np.log(np.clip(throughput, 1e-9, None))
             score = (1 - weight) * _standardised(score) + weight * _standardised(xgb)
         return np.exp(score - score.max()).astype(np.float64)
+
+    def _xgb_predict(self, parts: list[Any]) -> np.ndarray:
+        """The online XGB's normalised throughputs (MetaSchedule's `XGBModel.predict`) on the
+        store columns of the features already extracted."""
+        inst = self._xgb._inst  # the Python object behind the FFI one (trained: xgb_weight)
+        xs = [np.ascontiguousarray(p.features[:, :STORE_DIM]) for p in parts]
+        return np.asarray(inst._predict(xs=xs), np.float64)
 
     def xgb_weight(self, context: Any) -> float:
         """The online XGB's share of the ranking for this task now (0 without measurements)."""
@@ -103,6 +121,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
 
         if self._xgb is None:
             return 0.0
+        inst = self._xgb._inst
+        if inst.booster is None or inst.data_size < inst.num_warmup_samples:
+            return 0.0  # before its warm-up samples XGBModel predicts uniform noise
         n = self._measured.get(int(tvm_ffi.structural_hash(context.mod)), 0)
         return n / (n + self.blend_trials) if n else 0.0
 

@@ -262,3 +262,44 @@ def test_tvm_thread_count_really_changes():
 def test_thread_env_rejects_zero():
     with pytest.raises(ValueError):
         tvm_thread_env(0)
+
+
+def test_a_builds_kernels_are_timed_inside_the_model(imported):
+    """`profile_runs`: every function of a build timed where the model runs it (the VM's
+    instrument hook), beside the end-to-end timing, which the hook never touches."""
+    executable = build_default(imported.mod, host_target())
+    timed = bench_model(
+        imported,
+        threads=[1],
+        protocol=FAST,
+        builds={"mine": executable},
+        tvm_default=False,
+        profile_runs=5,
+    )
+    mine = next(r for r in timed.runs if r.runtime == "mine")
+    assert mine.verified and mine.kernels
+    assert all(not name.startswith("vm.builtin") for name in mine.kernels)
+    assert all(t >= 0 for t in mine.kernels.values())
+    # the kernels run inside the inference: together no longer than it (with slack for noise)
+    assert 0 < sum(mine.kernels.values()) < 3 * mine.timing.median
+    back = BenchResult.from_json(json.loads(json.dumps(timed.to_json())))
+    assert next(r for r in back.runs if r.runtime == "mine").kernels == mine.kernels
+    assert all(r.kernels is None for r in timed.runs if r.runtime != "mine")
+
+
+def test_kernel_times_name_every_kernel_of_a_plan(imported):
+    """The VM reports a plan's kernels by the names its tasks give their call sites, which is
+    how the search maps in-model times to tasks."""
+    from ago_search.build import VMRunner, compile_plan
+    from ago_search.pipeline import plan_model, prepare_model
+
+    prepared = prepare_model(imported, host_target())
+    planned = plan_model(prepared, "tvm")
+    executable = compile_plan(prepared.legalized, planned.graph, planned.plan, prepared.target)
+    feeds = random_inputs(imported.inputs, seed=0)
+    times = VMRunner(executable, [feeds[s.name] for s in imported.inputs]).kernel_times(runs=3)
+    names = {name for task in planned.tasks for name in task.groups}
+    # a reshape-only group may become a VM builtin: every other call site is a kernel timed
+    missing = {n for n in names - times.keys() if "reshape" not in n}
+    assert not missing, (missing, sorted(times))
+    assert all(not k.startswith("vm.builtin") for k in times)

@@ -161,7 +161,7 @@ def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
     target = tvm.target.Target(SMOKE_TARGET)
     register_cpu_tensor_intrinsics(target)
     mod = workload_module(_matmul(32, 32, 32))
-    model = make_cost_model("gnn", online_steps=3)
+    model = make_cost_model("gnn", online_steps=3, xgb_warmup_samples=4)
     assert isinstance(model, GNNCostModel)
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
@@ -192,6 +192,23 @@ def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
     assert model.xgb_weight(context) == pytest.approx(8 / (8 + model.blend_trials))
     alone = GNNCostModel(model.predictor, blend_trials=None).predict(context, candidates)
     assert not np.allclose(np.log(alone), np.log(scores))
+    # the XGB reads the store columns of the GNN's features: what its own extractor gives
+    inst = model._xgb._inst
+    assert np.ptp(inst.predict(context, candidates)) > 0  # a ranking, not a constant
+    np.testing.assert_allclose(
+        model._xgb_predict(model._store_parts(context, candidates)),
+        inst.predict(context, candidates),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    # an XGB short of its warm-up samples (it would predict noise) has no say
+    cold = GNNCostModel(model.predictor)  # warm-up: 100 samples
+    cold._measured = dict(model._measured)
+    cold._xgb._inst.booster = inst.booster
+    cold._xgb._inst.data_size = inst.data_size  # 8
+    assert cold.xgb_weight(context) == 0.0
+    cold._xgb._inst.num_warmup_samples = 8
+    assert cold.xgb_weight(context) > 0
     model.save(str(tmp_path / "saved"))
     fresh = GNNCostModel()
     fresh.load(str(tmp_path / "saved"))

@@ -81,3 +81,71 @@ def test_tuning_leaves_out_a_task_beyond_the_limits_and_says_why(tasks, tmp_path
         assert report.trials_run == 0
         assert set(session.left_out) == {t.key for t in tasks}
         assert all(session.left_out.values())
+
+
+def _two_conv_task(folder: Path):
+    """A residual block (two padded 3x3 convs) as ONE group: the kind of group MetaSchedule's
+    default CPU rules can fail on (reverse-compute-at of a conv's write cache while the next
+    conv's padding reads a halo of it)."""
+    from model_builders import make_model, weight
+    from onnx import TensorProto, helper
+
+    from ago_search.pipeline import plan_model, prepare_model
+    from ago_search.plan import Plan
+
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["c2", "x"], ["s"]),
+            helper.make_node("Relu", ["s"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [
+            weight("W1", (8, 8, 3, 3)),
+            weight("B1", (8,), 1),
+            weight("W2", (8, 8, 3, 3), 2),
+            weight("B2", (8,), 3),
+        ],
+    )
+    from ago_search.frontend import import_onnx
+
+    path = folder / "block.onnx"
+    onnx.save(model, path)
+    imported = import_onnx(path)
+    host = detect_host()
+    prepared = prepare_model(imported, host.tvm_target())
+    plan = Plan.from_groups(prepared.graph, [prepared.graph.order])
+    (task,) = plan_model(prepared, plan).tasks
+    assert task.complex_ops == 2
+    return task
+
+
+def test_a_two_conv_group_is_sampled_and_tuned_with_the_first_rule_set_that_works(tmp_path):
+    from ago_search.schedule.config import TuningConfig
+    from ago_search.schedule.probe import sample_first_working
+    from ago_search.schedule.rules import FALLBACK_ORDER, rule_sets_to_try
+    from ago_search.schedule.tune import TuningSession
+    from cost_model.factory import make_cost_model
+
+    assert rule_sets_to_try("auto") == FALLBACK_ORDER
+    assert rule_sets_to_try("plain") == ("plain",)
+    with pytest.raises(ValueError, match="unknown rule set"):
+        rule_sets_to_try("fastest")
+    task = _two_conv_task(tmp_path)
+    name, _, candidates = sample_first_working(task.mod, task.target, 4)
+    assert candidates and name in FALLBACK_ORDER
+    if name != "default":  # the default rules fail on it: they fail alone, with their reason
+        with pytest.raises(RuntimeError, match="ScheduleError|schedule"):
+            sample_first_working(task.mod, task.target, 4, rules="default")
+    with TaskProbe() as probe:
+        result = probe.probe(task.mod, task.target)
+    assert result.ok and result.rules == name
+    # tuned with that set: verified schedules come out
+    config = TuningConfig(trials=8, measure_untuned=False)
+    with TuningSession(detect_host(), tmp_path / "tuning.db", config) as session:
+        report = session.tune([task], config, cost_model=make_cost_model("random"))
+    assert task.key not in session.left_out
+    assert report.tasks[0].best_seconds is not None

@@ -113,3 +113,14 @@ def test_remeasure_cli_names_bad_input(tmp_path: Path, capsys) -> None:
     code = main(["remeasure", str(tmp_path / "x.db"), "--rounds", "0"])
     assert code == 2
     assert "rounds must be >= 1" in capsys.readouterr().err
+
+
+def test_clean_labels_are_remeasured_undisturbed_or_measured_after_the_fix():
+    from cost_model.input_pipeline import MEASUREMENT_FIX_AT, clean_label
+
+    assert clean_label({"measured_at": MEASUREMENT_FIX_AT + 60, "extra": {"source": "search"}})
+    assert not clean_label({"measured_at": MEASUREMENT_FIX_AT - 60, "extra": {}})
+    quiet = {"remeasured": {"cpu_share": [0.99, 0.98]}}
+    busy = {"remeasured": {"cpu_share": [0.99, 0.5]}}
+    assert clean_label({"measured_at": MEASUREMENT_FIX_AT - 60, "extra": quiet})
+    assert not clean_label({"measured_at": MEASUREMENT_FIX_AT + 60, "extra": busy})

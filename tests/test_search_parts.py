@@ -338,3 +338,142 @@ def test_a_group_that_cannot_take_a_layout_leaves_its_plans_unscored(squeezenet,
     assert FAILED_TASK in scorer.tasks_of(nhwc) and FAILED_TASK not in scorer.tasks_of(tvm)
     assert FAILED_TASK not in scorer.needs_estimate(scorer.tasks_of(nhwc))
     assert FAILED_TASK in scorer.score(nhwc).unknown
+
+
+def test_each_layout_is_explored_until_it_has_a_calibration_of_its_own(squeezenet):
+    from ago_search.search.explore import exploration_tasks
+    from ago_search.search.laid import LaidPartition
+    from ago_search.search.score import MIN_KIND_TASKS
+
+    space = PlanSpace(squeezenet.graph, layouts=("NHWC",))
+    tvm = LaidPartition(seed_partition(squeezenet, "tvm").partition)
+    nhwc = tvm.with_layout(space.layout_groups(tvm), "NHWC")
+    scorer = PlanScorer(squeezenet, decent_trials=4)
+    scorer.add_partitions([tvm, nhwc])
+    plans = {"NCHW": tvm, "NHWC": nhwc}
+    # before any estimate: the heaviest tasks of each layout by FLOPs x calls, in rounds
+    picks = exploration_tasks(scorer, plans, per_kind=MIN_KIND_TASKS)
+    kinds = [scorer.kind_of(t.key) for t in picks]
+    assert kinds == ["NCHW", "NHWC"] * MIN_KIND_TASKS
+    for kind, plan in plans.items():
+        calls = scorer.tasks_of(plan)
+        own = [k for k in calls if scorer.kind_of(k) == kind]
+        work = {k: scorer.task(k).flops * calls[k] for k in own}
+        chosen = [t for t in picks if scorer.kind_of(t.key) == kind]
+        rest = [w for k, w in work.items() if k not in {t.key for t in chosen}]
+        assert min(work[t.key] for t in chosen) >= max(rest)
+        assert all(t.weight == calls[t.key] for t in chosen)
+    # estimates: NHWC tasks predicted 4x slower than they measure, NCHW ones right
+    keys = sorted(set(scorer.tasks_of(tvm)) | set(scorer.tasks_of(nhwc)))
+    for i, key in enumerate(keys):
+        scorer.set_estimate(key, TaskEstimate(math.log(1e-5 * (i + 1)), None, 32, 0.1))
+    for task in picks:
+        estimate = math.exp(scorer.estimates()[task.key].log_seconds)
+        factor = 0.25 if scorer.kind_of(task.key) == "NHWC" else 1.0
+        scorer.set_measured(task.key, estimate * factor, trials=8)
+    assert scorer.kind_calibration("NHWC").offset == pytest.approx(math.log(0.25))
+    assert scorer.kind_calibration("NCHW").offset == pytest.approx(0.0)
+    untuned = next(
+        k for k in scorer.tasks_of(nhwc) if scorer.kind_of(k) == "NHWC" and not scorer.is_final(k)
+    )
+    raw = math.exp(scorer.estimates()[untuned].log_seconds)
+    assert scorer.task_seconds(untuned) == (pytest.approx(raw * 0.25), False)
+    # every layout has its calibration now: nothing more to explore
+    assert exploration_tasks(scorer, plans, per_kind=MIN_KIND_TASKS) == []
+
+
+def test_a_tuned_tasks_late_estimate_calibrates(squeezenet):
+    """Exploration tunes tasks before their estimates come back: an estimate that arrives
+    for a tuned task refits the calibration."""
+    scorer = PlanScorer(squeezenet, decent_trials=4)
+    partition = seed_partition(squeezenet, "tvm").partition
+    scorer.add_partitions([partition])
+    keys = sorted(scorer.tasks_of(partition))
+    for key in keys[:3]:
+        scorer.set_measured(key, 2e-4, trials=8)
+    assert scorer.calibration.tasks == 0
+    for key in keys[:3]:
+        scorer.set_estimate(key, TaskEstimate(math.log(1e-4), None, 32, 0.1))
+    assert scorer.calibration.tasks == 3
+    assert scorer.calibration.offset == pytest.approx(math.log(2))
+
+
+def test_the_searcher_names_its_seeds(squeezenet):
+    from ago_search.search.laid import LaidPartition
+
+    space = PlanSpace(squeezenet.graph, layouts=("NHWC",))
+    tvm = LaidPartition(seed_partition(squeezenet, "tvm").partition)
+    seeds = {"tvm": tvm, "tvm/NHWC": tvm.with_layout(space.layout_groups(tvm), "NHWC")}
+    searcher = PlanSearcher(space, seeds, seed=0)
+    first = searcher.suggest(2)
+    searcher.on_result(first[0].key, 1e-3)
+    named = searcher.seeds()
+    assert set(named) == {"tvm", "tvm/NHWC"}
+    assert named["tvm"][1] == 1e-3 and named["tvm/NHWC"][1] is None
+    assert named["tvm/NHWC"][0].has_layouts
+
+
+def test_a_search_resumed_with_layouts_suggests_the_layout_seeds_it_never_had(squeezenet):
+    from ago_search.search.laid import LaidPartition
+
+    space = PlanSpace(squeezenet.graph, layouts=("NHWC",))
+    tvm = LaidPartition(seed_partition(squeezenet, "tvm").partition)
+    nchw_only = PlanSearcher(PlanSpace(squeezenet.graph), {"tvm": tvm}, seed=0)
+    for s in nchw_only.suggest(4):
+        nchw_only.on_result(s.key, _fake_score(s.partition))
+    seeds = {"tvm": tvm, "tvm/NHWC": tvm.with_layout(space.layout_groups(tvm), "NHWC")}
+    resumed = PlanSearcher(space, seeds, seed=0)
+    resumed.restore(nchw_only.save())
+    first = resumed.suggest(1)
+    assert [s.origin for s in first] == ["seed:tvm/NHWC"]  # tvm itself was scored before
+
+
+def test_kernels_timed_inside_the_model_scale_their_tasks_and_the_rest(squeezenet):
+    scorer = PlanScorer(squeezenet, decent_trials=4, launch_overhead_s=0.0)
+    partition = seed_partition(squeezenet, "tvm").partition
+    scorer.add_partitions([partition])
+    calls = scorer.tasks_of(partition)
+    keys = sorted(calls)
+    for key in keys:
+        scorer.set_estimate(key, TaskEstimate(math.log(1e-4), None, 32, 0.1))
+        scorer.set_measured(key, 1e-4, trials=8)
+    alone = scorer.score(partition).seconds
+    assert alone == pytest.approx(1e-4 * sum(calls.values()))
+    # three kernels timed inside a model: their own ratios, the median (1.5) for the rest
+    for key, ratio in zip(keys[:3], (1.2, 1.5, 2.0), strict=True):
+        scorer.set_in_model(key, ratio)
+    assert scorer.in_model_ratio(keys[0]) == 1.2 and scorer.in_model_ratio(keys[2]) == 2.0
+    assert scorer.in_model_ratio(keys[5]) == pytest.approx(1.5)
+    expected = 1e-4 * sum(
+        calls[k] * {keys[0]: 1.2, keys[1]: 1.5, keys[2]: 2.0}.get(k, 1.5) for k in keys
+    )
+    assert scorer.score(partition).seconds == pytest.approx(expected)
+    from ago_search.search.laid import LaidPartition
+
+    laid = LaidPartition(partition)
+    for group in partition.group_ids:  # a group's share of the score: its task's, scaled
+        key = scorer._group_task[(laid.groups[group], laid.layout(group))]
+        if key is not None:
+            expected = 1e-4 * scorer.in_model_ratio(key)
+            assert scorer.group_seconds(partition, group) == pytest.approx(expected)
+
+
+def test_a_layout_with_kernels_timed_inside_the_model_has_its_own_ratio(squeezenet):
+    from ago_search.search.laid import LaidPartition
+
+    space = PlanSpace(squeezenet.graph, layouts=("NHWC",))
+    tvm = LaidPartition(seed_partition(squeezenet, "tvm").partition)
+    nhwc = tvm.with_layout(space.layout_groups(tvm), "NHWC")
+    scorer = PlanScorer(squeezenet, decent_trials=4, launch_overhead_s=0.0)
+    scorer.add_partitions([tvm, nhwc])
+    nchw_keys = [k for k in scorer.tasks_of(tvm) if scorer.kind_of(k) == "NCHW"]
+    nhwc_keys = [k for k in scorer.tasks_of(nhwc) if scorer.kind_of(k) == "NHWC"]
+    for key in nchw_keys[:3]:
+        scorer.set_in_model(key, 1.2)
+    for key in nhwc_keys[:3]:
+        scorer.set_in_model(key, 2.0)
+    scorer.set_in_model(nchw_keys[3], 1.3)  # all: median of 1.2 x3, 1.3, 2.0 x3 = 1.3
+    assert scorer.in_model_ratio(nhwc_keys[5]) == pytest.approx(2.0)  # its layout's
+    assert scorer.in_model_ratio(nchw_keys[5]) == pytest.approx(1.2)
+    transforms = [k for k in scorer.tasks_of(nhwc) if scorer.kind_of(k) == "transform"]
+    assert transforms and scorer.in_model_ratio(transforms[0]) == pytest.approx(1.3)  # all

@@ -11,7 +11,11 @@ memory limit, the time-out) is not tuned; the caller says why, and the search gi
 score, so a plan holding it never leads while smaller groups of the same ops do.
 
 `sample_candidates` is the probe's work, also what the cost model's estimates sample
-(`cost_model.sampling`).
+(`cost_model.sampling`). With the rule set "auto" (`schedule.rules`) the probe tries the rule
+sets of `rules.FALLBACK_ORDER` in turn (`sample_first_working`) and says which one worked: the
+set the task is tuned with. MetaSchedule's default rules raise a ScheduleError on most groups of
+several convs (reverse-compute-at of a conv's write cache under its tiles while the next conv's
+padding reads a halo of it).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "failure_reason",
     "probe_task",
     "sample_candidates",
+    "sample_first_working",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,19 +108,55 @@ def sample_candidates(
     return context, candidates
 
 
+def sample_first_working(
+    mod: Any,
+    target: Any,
+    samples: int,
+    seed: int = 0,
+    num_threads: int = 1,
+    rules: str = "auto",
+) -> tuple[str, Any, list[Any]]:
+    """`sample_candidates` with each rule set of `rules.rule_sets_to_try(rules)` in turn until
+    one generates its design space and samples a schedule: (the set, the TuneContext, the
+    candidates). Raises a RuntimeError with every set's reason when none does."""
+    from ago_search.schedule.rules import rule_sets_to_try
+
+    reasons = []
+    for name in rule_sets_to_try(rules):
+        try:
+            context, candidates = sample_candidates(mod, target, samples, seed, num_threads, name)
+        except MemoryError:
+            raise  # the limit: another rule set would outgrow it the same way
+        except Exception as err:  # noqa: BLE001 - a schedule rule's error: the next set
+            text = str(err).strip()
+            if "bad_alloc" in text or "Cannot allocate" in text:
+                raise
+            first = text.splitlines()[0] if text else repr(err)
+            reasons.append(f"{name}: {first[:200]}")
+            continue
+        if candidates or samples <= 0:
+            return name, context, candidates
+        reasons.append(f"{name}: no valid schedule sampled")
+    if len(reasons) == 1:
+        raise RuntimeError(reasons[0].split(": ", 1)[1])
+    raise RuntimeError("no rule set works: " + "; ".join(reasons))
+
+
 def probe_task(
-    mod: Any, target: str, samples: int, seed: int, num_threads: int, rules: str = "default"
-) -> int:
-    """What the probe worker runs: the design space and `samples` schedules of one task;
-    how many schedules came out (0: the space samples nothing valid)."""
-    _, candidates = sample_candidates(mod, target, samples, seed, num_threads, rules)
-    return len(candidates)
+    mod: Any, target: str, samples: int, seed: int, num_threads: int, rules: str = "auto"
+) -> tuple[int, str]:
+    """What the probe worker runs: the design space and `samples` schedules of one task, with
+    the first rule set that works (`sample_first_working`); (how many schedules came out, the
+    rule set)."""
+    name, _, candidates = sample_first_working(mod, target, samples, seed, num_threads, rules)
+    return len(candidates), name
 
 
 @dataclass(frozen=True)
 class ProbeResult:
     ok: bool
     reason: str = ""  # why not, for a person
+    rules: str | None = None  # the rule set whose design space worked
 
 
 class TaskProbe:
@@ -151,12 +192,13 @@ class TaskProbe:
         self._worker.close()
 
     def probe(
-        self, mod: Any, target: Any, num_threads: int = 1, rules: str = "default"
+        self, mod: Any, target: Any, num_threads: int = 1, rules: str = "auto"
     ) -> ProbeResult:
-        """Whether the task's design space (rule set `rules`) can be generated and sampled
-        within the limits."""
+        """Whether the task's design space (rule set `rules`; "auto": the first of
+        `rules.FALLBACK_ORDER` that works) can be generated and sampled within the limits,
+        and with which set."""
         try:
-            count = self._worker.call(
+            count, used = self._worker.call(
                 f"{__name__}:probe_task",
                 mod,
                 str(target),
@@ -170,7 +212,7 @@ class TaskProbe:
             return ProbeResult(False, failure_reason(err, self.memory_limit, self.timeout_s))
         if count == 0 and self.samples > 0:
             return ProbeResult(False, "no valid schedule could be sampled from its design space")
-        return ProbeResult(True)
+        return ProbeResult(True, rules=used)
 
 
 def failure_reason(err: WorkerCallError, memory_limit: int, timeout_s: float) -> str:

@@ -15,18 +15,42 @@ first conv's tiles). The variants here change only what touches that:
 - "no-compute-location": the default without `RandomComputeLocation`;
 - "plain": both changes.
 
-`space_generator(rules)` makes the post-order-apply space generator of one set; which set a
-task uses is chosen by the caller (see `scripts/multi_complex_spaces.py` for how each does on
-the zoo's multi-complex groups).
+`space_generator(rules)` makes the post-order-apply space generator of one set. "auto" is no
+set but a choice: the first set of `FALLBACK_ORDER` whose design space generates and samples
+(`schedule.probe.sample_first_working`), what tuning and estimates use, so a group the default
+rules refuse is tuned with the least change that works (`scripts/multi_complex_spaces.py` counts
+which set samples the zoo's multi-complex groups).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RULE_SETS", "schedule_rules", "space_generator"]
+__all__ = [
+    "AUTO",
+    "FALLBACK_ORDER",
+    "RULE_SETS",
+    "rule_sets_to_try",
+    "schedule_rules",
+    "space_generator",
+]
 
 RULE_SETS = ("default", "no-write-fuse", "no-compute-location", "plain")
+AUTO = "auto"
+# the least change first: without the random compute location only, then without the fused
+# write cache, then without both
+FALLBACK_ORDER = ("default", "no-compute-location", "no-write-fuse", "plain")
+
+
+def rule_sets_to_try(name: str) -> tuple[str, ...]:
+    """The sets to try in order for `name` ("auto": `FALLBACK_ORDER`; a set: itself)."""
+    if name == AUTO:
+        return FALLBACK_ORDER
+    if name not in RULE_SETS:
+        raise ValueError(
+            f"unknown rule set {name!r}: choose {AUTO} or one of {', '.join(RULE_SETS)}"
+        )
+    return (name,)
 
 
 def schedule_rules(name: str) -> list[Any] | None:

@@ -49,6 +49,7 @@ from ago_search.schedule.results import (
     search_records,
     task_results,
 )
+from ago_search.schedule.rules import space_generator
 from ago_search.schedule.scheduler import FirstPassScheduler, TaskPrior, first_pass_round
 from ago_search.schedule.strategy import SkipMeasured, TrialBudget, make_search_strategy
 from ago_search.schedule.tasks import Task
@@ -211,6 +212,7 @@ class TuningSession:
             device, config, self.check, self._scratch / "artifacts"
         )
         self._schedulable: dict[str, bool] = {}
+        self._rules: dict[str, str] = {}  # task key -> the rule set its design space uses
         self._probe: TaskProbe | None = None
         self.left_out: dict[str, str] = {}  # task key -> why it cannot be tuned
         self._warmed: set[tuple[int, str]] = set()  # (id of the cost model, task key)
@@ -362,7 +364,7 @@ class TuningSession:
             ms.TuneContext(
                 mod=task.mod,
                 target=task.target_object(),
-                space_generator="post-order-apply",
+                space_generator=space_generator(self._rules.get(task.key, "default")),
                 search_strategy=search,
                 task_name=task.name,
                 rand_state=_seed(config, index),
@@ -441,6 +443,15 @@ class TuningSession:
             for task in unknown:
                 result = self._probe.probe(task.mod, task.target, num_threads)
                 self._schedulable[task.key] = result.ok
+                if result.rules is not None:
+                    self._rules[task.key] = result.rules
+                    if result.rules != "default":
+                        log.info(
+                            "task %s: MetaSchedule's default rules fail on it; tuned with the "
+                            "rule set %s",
+                            task.name,
+                            result.rules,
+                        )
                 if not result.ok:
                     self.left_out[task.key] = result.reason
                     log.warning("task %s left untuned: %s", task.name, result.reason)

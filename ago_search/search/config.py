@@ -29,7 +29,8 @@ class SearchConfig:
     per task estimate. switch_margin: how much better a plan's score must be to take the lead
     (early_switch_margin while the leader's first pass is not done; None: no switch before
     it is done). explore_share: the most CPU time estimating may take, as a share of the wall
-    time.
+    time; pace_estimates: from the first leader on, the estimators hand out tasks only within
+    that share (before it, the seeds are estimated as fast as the estimators go).
     round_trials: candidates measured per round of a task (the first pass gives every task of
     the leading plan one round before any gets a second).
     end_to_end_share: without any end-to-end timing, finishing builds the best plan whose
@@ -40,6 +41,18 @@ class SearchConfig:
     seed_wait_s: the first leader waits for the seeds' scores this long at most (and a tenth
     of the budget at most); a plan is tuned through its first pass once it leads, so the first
     choice counts.
+    explore_tasks: before the first leader is chosen, this many of the heaviest tasks of
+    TVM's fusion in each layout get one round of `decent_trials` (8) candidates, so each layout's
+    estimates are calibrated on measurements of its own before plans of different layouts are
+    compared (0: no exploration); explore_share_of_budget: the most of the budget that takes.
+    The shipped GNN learned on NCHW kernels: it scored MobileNetV2's TVM fusion in NHWC 20.9 ms
+    and in NCHW 7.8 ms, while NHWC timed faster; a layout's own calibration starts only once
+    `score.MIN_KIND_TASKS` of its tasks are tuned, which never happens to a layout no leader
+    holds.
+    profile_runs: after each end-to-end timing, the plan is run this many times more with
+    every kernel timed inside the model (the VM's instrument hook): each task's in-model time
+    over its time alone scales its latency in the scores (`PlanScorer.in_model_ratio`); 0:
+    scores sum the kernels as timed alone.
     layouts: search a layout per group (`ago_search.layout.layout_choices` of the target:
     NCHW, NHWC, NCHW{lanes}c), with TVM's fusion in each layout among the seeds; False: NCHW
     only.
@@ -61,11 +74,15 @@ class SearchConfig:
     switch_margin: float = 0.03
     early_switch_margin: float | None = None
     explore_share: float = 0.15
+    pace_estimates: bool = True
     round_trials: int = 16
     end_to_end_share: float = 0.9
     first_pass_share: float = 0.5
     layouts: bool = True
     seed_wait_s: float = 90.0
+    explore_tasks: int = 3
+    profile_runs: int = 10
+    explore_share_of_budget: float = 0.12
     divide: bool = True
     region_min_complex: int = 3
     limits: GroupLimits = field(default_factory=GroupLimits)

@@ -50,6 +50,7 @@ from ago_search.schedule.tune import TuningSession
 from ago_search.search.budget import Budget, format_duration
 from ago_search.search.config import SearchConfig, SearchResult
 from ago_search.search.estimators import EstimatorPool
+from ago_search.search.explore import exploration_tasks, seed_kind
 from ago_search.search.finish import PlanMeasurement, measure_plan, search_summary
 from ago_search.search.laid import LaidPartition
 from ago_search.search.regions import Regions
@@ -62,6 +63,9 @@ from cost_model.estimate import TaskEstimate
 __all__ = ["SearchConfig", "SearchResult", "run_search"]  # the first two from .config
 
 log = logging.getLogger(__name__)
+
+# the seeds that also start in every layout of the space
+LAYOUT_SEED_BASES = ("tvm", "dnnfusion")
 
 
 @dataclass
@@ -130,17 +134,33 @@ class _Search:
             seeds = {name: regions.cut(p) for name, p in seeds.items()}
             log.info("divide and conquer: %d regions", regions.count)
         laid_seeds = {name: LaidPartition(p) for name, p in seeds.items()}
-        for layout in self.space.layouts:
-            # TVM's fusion in one layout: the plan-wide layout, the search's start for layouts
-            tvm = laid_seeds["tvm"]
-            laid_seeds[f"tvm/{layout}"] = tvm.with_layout(self.space.layout_groups(tvm), layout)
+        for base in LAYOUT_SEED_BASES:
+            # TVM's and DNNFusion's fusion in one layout: plan-wide layouts, the search's start
+            # for layouts (MobileNetV2's searches kept DNNFusion's NCHW plan, which had no
+            # layout seed, while TVM's fusion timed faster in NHWC than in NCHW); TVM's first,
+            # so a short budget's wait for the seeds' scores has them
+            for layout in self.space.layouts:
+                seed = laid_seeds[base]
+                laid_seeds[f"{base}/{layout}"] = seed.with_layout(
+                    self.space.layout_groups(seed), layout
+                )
         seeds = laid_seeds
+        self.seeds = seeds
         self.searcher = PlanSearcher(self.space, seeds, seed=config.seed)
         if self.state.searcher:
             self.searcher.restore(self.state.searcher)
         self.scorer = PlanScorer(self.prepared)
+        # an estimate that failed on a schedule rule's error (a state from before the rule
+        # sets' fallback) is made again: another rule set may sample the task now
+        self.state.estimates = {
+            key: data
+            for key, data in self.state.estimates.items()
+            if not _before_fallback(str(data.get("error") or ""))
+        }
         for key, data in self.state.estimates.items():
             self.scorer.set_estimate(key, TaskEstimate.from_json(data))
+        for key, ratio in self.state.in_model.items():
+            self.scorer.set_in_model(key, ratio)
         self.pending: list[Suggestion] = []
         self.leader: LaidPartition | None = None
         self.leader_key = self.state.leader
@@ -160,6 +180,8 @@ class _Search:
         # seconds one round of one task takes (search, builds, measurements), as last seen;
         # MobileNetV2's 16-trial rounds took 8-14 s on 2 cores
         self.round_s = 10.0
+        self.explored_s = 0.0  # seconds this run spent exploring layouts (`_explore`)
+        self._explore_plans: dict[str, LaidPartition] | None = None  # layout -> TVM's fusion
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -177,9 +199,9 @@ class _Search:
             workers=workers,
             samples=self.config.samples,
             seed=self.config.seed,
-            # pacing the seeds' estimates too (share=explore_share) left a 100-s search of a
-            # tiny model with 2 of its 3 seeds scored (the first estimate of an actor holds the
-            # GNN's compile): not on until that is accounted for
+            # unpaced until the first leader is tuned (`_set_leader`): pacing the seeds'
+            # estimates too left a 100-s search of a tiny model with 2 of its 3 seeds scored
+            # (the first estimate of an actor holds the GNN's compile)
             share=None,
         )
         self.session = TuningSession(
@@ -199,6 +221,13 @@ class _Search:
                 self._collect(pool, wait=0.0 if self.leader is not None else 5.0)
                 self._measure_untunable()
                 self._collect(pool, wait=0.0)
+                plans = self._layouts_to_explore()
+                if plans:
+                    self._explore(plans)
+                    self._collect(pool, wait=0.0)
+                    self._rescore()
+                    self._save()
+                    continue
                 self._choose_leader()
                 if self.leader is None:
                     continue
@@ -247,14 +276,15 @@ class _Search:
 
     def _propose(self, pool: EstimatorPool) -> None:
         # The split between proposing and measuring: estimating shares the cores with the
-        # tuning's own search and builds, so its CPU time is held to `explore_share` of the
-        # wall time spent: here for new proposals (the seeds are always proposed), and in the
-        # pool for every estimate, the seeds' too.
+        # tuning's own search and builds, so from the first leader on the pool holds its CPU
+        # time to `explore_share` of the wall time (`EstimatorPool.pace`), and new plans are
+        # proposed only while it is within that share and has little queued. The seeds are
+        # always proposed, and estimated as fast as the estimators go; they count against
+        # nothing (counted, the seeds' estimates, some 100 s of CPU on 2 cores, held new
+        # proposals back until 0.15 x the time spent exceeded them: most of a 10-min search).
         if pool.pending >= 2 * pool.workers:
             return
-        if len(self.searcher) >= 3 and pool.seconds > self.config.explore_share * (
-            self.budget.spent - self.budget.spent_before
-        ):
+        if len(self.searcher) >= 3 and pool.over_share():
             return
         suggestions = self.searcher.suggest(self.config.suggest_batch)
         if not suggestions:
@@ -311,7 +341,7 @@ class _Search:
 
     def _choose_leader(self) -> None:
         best = self.searcher.best(1)
-        if self.leader is None and self._waiting_for_seeds():
+        if self.leader is None and (self._waiting_for_seeds() or self._layouts_to_explore()):
             return
         if not best:
             if self.leader is None:
@@ -373,12 +403,123 @@ class _Search:
         13.0 ms."""
         if not any(s.origin.startswith("seed:") for s in self.pending):
             return False
-        waited = time.monotonic() - self.run_started
+        # the time spent exploring layouts is not waiting: the estimates go on beside it, but
+        # slower (the exploration's builds share the cores), and a layout whose seeds come
+        # late would never lead
+        waited = time.monotonic() - self.run_started - self.explored_s
         return waited < min(self.config.seed_wait_s, 0.1 * self.config.budget_s)
+
+    def _layouts_to_explore(self) -> dict[str, LaidPartition]:
+        """Layout -> TVM's fusion in it (as the searcher fits it to the limits), for the
+        layouts to explore now (`_explore`): at the start, before the first leader, each layout
+        once, when the exploration's share of the budget holds a round for each; none when the
+        model has one layout only (no rank-4 activations: TVM's fusion is the same plan in
+        every layout)."""
+        if self.config.explore_tasks <= 0 or not self.space.layouts or self.leader is not None:
+            return {}
+        if self._explore_plans is None:
+            plans: dict[str, LaidPartition] = {}
+            seen: set[str] = set()
+            for name, partition in self.seeds.items():
+                if name.partition("/")[0] != "tvm":
+                    continue
+                fitted = self.space.fit_to_limits(partition)
+                if fitted.fingerprint() not in seen:
+                    seen.add(fitted.fingerprint())
+                    plans[seed_kind(name)] = fitted
+            self._explore_plans = plans
+        plans = self._explore_plans
+        if len(plans) < 2:
+            return {}
+        todo = {k: p for k, p in plans.items() if k not in self.state.explored}
+        if not todo:
+            return {}
+        left = self._exploration_cap() - self.state.exploration_s
+        if left < len(todo) * self._explore_round_s():
+            return {}  # not a round for each layout: exploring some would bias the rest
+        return todo
+
+    def _exploration_cap(self) -> float:
+        return self.config.explore_share_of_budget * self.budget.total
+
+    def _explore_round_s(self) -> float:
+        """What one exploration round (`decent_trials` candidates) takes, from the rounds'
+        pace so far (16-candidate rounds: `round_s`)."""
+        return self.round_s * self.scorer.decent_trials / self.config.round_trials + 1.0
+
+    def _explore(self, plans: dict[str, LaidPartition]) -> None:
+        """Tune one round of the `explore_tasks` heaviest tasks of TVM's fusion in each layout
+        of `plans` (`search.explore`), so each layout's estimates have a calibration of their
+        own before the first leader is chosen; the seeds' estimates go on beside it. As many
+        tasks as the exploration's time holds rounds for, the heaviest of every layout
+        first."""
+        kinds = sorted(plans)
+        self.scorer.add_partitions(plans.values())
+        tasks = exploration_tasks(self.scorer, plans, self.config.explore_tasks, self.untunable)
+        left = self._exploration_cap() - self.state.exploration_s
+        tasks = tasks[: max(len(kinds), int(left // self._explore_round_s()))]
+        if not tasks:
+            self.state.explored.extend(kinds)
+            return
+        started = time.monotonic()
+        deadline = min(started + left, self.budget.deadline(self._reserve()))
+        trials = self.scorer.decent_trials
+        before = sum(r.trials for r in task_results(self.store, tasks, self.device.key))
+        config = TuningConfig(
+            trials=before + trials * len(tasks),
+            seed=self.config.seed + 7919,
+            protocol=self.config.protocol,
+            measure_untuned=False,
+            trials_per_round=trials,  # one round of `decent_trials` each: tuned, for the score
+            max_round_trials=trials,
+        )
+        log.info(
+            "exploring layouts %s: a round of %d candidates on each of %d tasks",
+            ", ".join(kinds),
+            trials,
+            len(tasks),
+        )
+        try:
+            report = self.session.tune(
+                tasks,
+                config,
+                cost_model=self.guide,
+                deadline=deadline,
+                stop=lambda: self.stop_requested,
+            )
+        finally:
+            # once tried, a layout is not explored again, even if a task of it failed (its
+            # tasks are tuned like any other once a plan of it leads)
+            self.state.explored.extend(kinds)
+            self.explored_s += time.monotonic() - started
+            self.state.exploration_s += time.monotonic() - started
+        for result in report.tasks:
+            self.scorer.set_measured(result.key, result.best_seconds, result.trials)
+            self._note_failing(result.key, result.best_seconds, result.trials)
+        # (`round_s` is left alone: this run's time holds the tasks' design-space probes)
+        log.info("explored %s in %.0f s", ", ".join(kinds), report.wall_s)
+
+    def _log_calibration(self) -> None:
+        """Each layout's calibration, once the first leader is chosen."""
+        parts = []
+        for kind in self.state.explored:
+            c = self.scorer.kind_calibration(kind)
+            parts.append(f"{kind} {c.offset:+.2f} over {c.tasks}" if c else f"{kind} none")
+        if parts:
+            log.info(
+                "estimates calibrated per layout (log offset over tasks): %s", ", ".join(parts)
+            )
 
     def _set_leader(self, partition: LaidPartition, why: str) -> None:
         if self.leader is not None and partition == self.leader:
             return
+        if self.leader is None:
+            self._log_calibration()
+            if self.pool is not None and self.config.pace_estimates:
+                # from the first leader on, estimates share the cores with its tuning: held
+                # to `explore_share` of the wall time, so they never queue up on the
+                # measurements
+                self.pool.pace(self.config.explore_share)
         self.leader = partition
         self.leader_key = partition.fingerprint()
         score = self.scorer.score(partition)
@@ -525,6 +666,38 @@ class _Search:
             parts = regions.costs(partition, lambda g: self.scorer.group_seconds(partition, g))
         self.searcher.on_result(key, score.seconds, parts)
 
+    def _learn_in_model(self, planned: PlannedModel, measured: PlanMeasurement) -> dict[str, Any]:
+        """Each task's kernel as the end-to-end run timed it inside the model, against its best
+        record alone (what the build used): the scorer's in-model ratios. Returns the totals
+        for the timing's entry: kernels inside the model, and alone (calls x best record)."""
+        if not measured.kernels or not measured.verified:
+            return {}
+        inside = alone = 0.0
+        untuned = set(measured.untuned_kernels)
+        for task in planned.tasks:
+            names = set(task.groups)
+            if not names or not names <= measured.kernels.keys() or names & untuned:
+                continue  # not timed (a builtin now), or built without its record
+            best = self.store.best(task.key, self.device.key)
+            if not best or not best[0].median:
+                continue
+            per_call = sum(measured.kernels[n] for n in names) / max(1, task.weight)
+            ratio = min(max(per_call / best[0].median, 0.5), 5.0)
+            self.scorer.set_in_model(task.key, ratio)
+            self.state.in_model[task.key] = ratio
+            inside += per_call * task.weight
+            alone += best[0].median * task.weight
+        if not alone:
+            log.warning("no kernel of the plan was found among the functions the VM timed")
+            return {}
+        log.info(
+            "kernels inside the model %.4g ms, alone %.4g ms (x%.2f)",
+            inside * 1e3,
+            alone * 1e3,
+            inside / alone,
+        )
+        return {"kernels_in_model_s": inside, "kernels_alone_s": alone}
+
     def _check_leader(self) -> None:
         assert self.leader is not None
         if not self._end_to_end_due():
@@ -532,7 +705,13 @@ class _Search:
         score = self.scorer.score(self.leader)
         started = self.last_check_at = time.monotonic()
         planned = self._planned(self.leader)
-        measured = measure_plan(planned, self.store, self.device, self.config.protocol)
+        measured = measure_plan(
+            planned,
+            self.store,
+            self.device,
+            self.config.protocol,
+            profile_runs=self.config.profile_runs,
+        )
         self.end_to_end_s = time.monotonic() - started
         self.state.end_to_end_s = self.end_to_end_s
         entry = {
@@ -544,12 +723,17 @@ class _Search:
             "at_s": self.budget.spent,
             "time": time.time(),  # the records measured by then are what it was built with
             "seconds": self.end_to_end_s,
+            **self._learn_in_model(planned, measured),
         }
         timed = self.folder.timed_plan(self.leader_key or "")
         timed.parent.mkdir(exist_ok=True)
         planned.plan.save(timed)
         self.state.end_to_end.append(entry)
-        self.last_end_to_end[self.leader_key or ""] = score.seconds
+        # every score from now on counts kernels as timed inside the model (the searcher's
+        # too, or plans scored before and after would be compared); an improvement worth
+        # another timing is measured from there
+        self._rescore()
+        self.last_end_to_end[self.leader_key or ""] = self.scorer.score(self.leader).seconds
         best = self.state.best
         if (
             measured.verified
@@ -727,6 +911,13 @@ class _Search:
                 "plans_scored": len(self.searcher.scored()),
             }
         )
+
+
+def _before_fallback(error: str) -> bool:
+    """An estimate's error from before the rule sets' fallback: a schedule rule's error with
+    MetaSchedule's default rules only (`probe.sample_first_working` says "no rule set works"
+    once it tried them all)."""
+    return "ScheduleError" in error and "no rule set works" not in error
 
 
 def _ms(seconds: float | None) -> str:

@@ -93,6 +93,20 @@ class EstimatorPool:
         self._started = time.monotonic()
         self.seconds = 0.0
         self.done = 0
+        # estimate seconds that count against the pace: of the tasks handed out since `pace`
+        # (those handed out unpaced before, still running, do not)
+        self._paced_seconds = 0.0
+        self._unpaced: set[Any] = set()
+
+    def pace(self, share: float | None) -> None:
+        """Pace the estimates from now on to `share` of the wall time (None: as fast as the
+        actors go); what was estimated before does not count against it. The search lets
+        its seeds' estimates go unpaced (they decide the first leader, and an actor's first
+        estimate holds the GNN's compile) and paces the rest once a plan is being tuned."""
+        self.share = share
+        self._started = time.monotonic()
+        self._paced_seconds = 0.0
+        self._dispatch()
 
     def submit(self, tasks: Mapping[str, Any]) -> int:
         """Queue tasks (key -> Task.mod) not submitted before; how many were new. They go to
@@ -115,14 +129,23 @@ class EstimatorPool:
         while self._backlog:
             if self.share is not None and len(self._running) >= len(self._actors):
                 return  # paced: one in flight per actor (without a share, all are queued)
-            if not force and self.share is not None:
-                allowed = self.share * (time.monotonic() - self._started) + self.head_start_s
-                if self.seconds > allowed:
-                    return
+            if not force and self.over_share():
+                return
             key, mod = self._backlog.pop(0)
             actor = self._actors[self._next % len(self._actors)]
             self._next += 1
-            self._running[actor.estimate.remote(key, mod)] = key
+            ref = actor.estimate.remote(key, mod)
+            self._running[ref] = key
+            if self.share is None:
+                self._unpaced.add(ref)
+
+    def over_share(self) -> bool:
+        """Whether the estimates since `pace` took more CPU time than the share allows now
+        (False while unpaced)."""
+        if self.share is None:
+            return False
+        allowed = self.share * (time.monotonic() - self._started) + self.head_start_s
+        return self._paced_seconds > allowed
 
     def nodes(self) -> set[str]:
         """The Ray nodes the actors run on."""
@@ -161,6 +184,10 @@ class EstimatorPool:
                 log.warning("the estimate of task %s failed: %s", key, exc)
                 estimate = TaskEstimate(None, None, 0, 0.0, f"estimator failed: {exc}")
             self.seconds += estimate.seconds
+            if ref in self._unpaced:
+                self._unpaced.discard(ref)
+            else:
+                self._paced_seconds += estimate.seconds
             self.done += 1
             out[key] = estimate
         self._dispatch(force)

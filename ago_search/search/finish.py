@@ -44,6 +44,8 @@ class PlanMeasurement:
     untuned_kernels: tuple[str, ...]
     bench: BenchResult | None
     executable: Any = None
+    # the build's functions, their seconds per inference inside the model (profile_runs)
+    kernels: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,9 +62,11 @@ def measure_plan(
     device: DeviceProfile,
     protocol: MeasureProtocol | None = None,
     tvm_default: bool = False,
+    profile_runs: int = 0,
 ) -> PlanMeasurement:
     """Build `planned` with the best records of `store` for `device`, time it end to end and
-    verify it against ONNX Runtime (beside TVM's default build when `tvm_default`)."""
+    verify it against ONNX Runtime (beside TVM's default build when `tvm_default`); with
+    `profile_runs`, also each kernel's time inside the model (`PlanMeasurement.kernels`)."""
     started = time.perf_counter()
     tuned = compile_plan_tuned(
         planned.prepared.legalized,
@@ -78,6 +82,7 @@ def measure_plan(
         protocol=protocol,
         builds={OURS: tuned.executable},
         tvm_default=tvm_default,
+        profile_runs=profile_runs,
     )
     ours = next(r for r in bench.runs if r.runtime == OURS)
     errors = []
@@ -97,7 +102,13 @@ def measure_plan(
         time.perf_counter() - started,
     )
     return PlanMeasurement(
-        seconds, verified, tuple(errors), tuple(tuned.untuned), bench, tuned.executable
+        seconds,
+        verified,
+        tuple(errors),
+        tuple(tuned.untuned),
+        bench,
+        tuned.executable,
+        ours.kernels,
     )
 
 
@@ -172,6 +183,7 @@ def search_summary(
         "end_to_end": state.end_to_end,
         "score_rank_correlation": spearman(pairs),
         "best": state.best,
+        "exploration": {"layouts": list(state.explored), "seconds": state.exploration_s},
         "plan": plan_info,
         "outputs": outputs,
     }

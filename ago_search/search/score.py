@@ -13,6 +13,12 @@ A group's kernel latency is its task's (groups with the same PrimFunc share one 
   and measurements share one scale; a task measured a little but not tuned yet counts the
   better of its measurement and its calibrated estimate.
 
+Inside the model a kernel takes longer than alone (timed alone it runs again and again on
+data in the caches; MobileNetV2's plans timed 1.4-1.6x their summed kernels): every end-to-end
+timing also times each kernel inside the model (the VM's instrument hook), and a task's latency
+is scaled by its own in-model / alone ratio, or its layout's median, or the median of all
+(`in_model_ratio`; 1 before any timing).
+
 What a plan pays between groups is its kernel launches (`launch_overhead_s` each) and the
 layout transforms where groups of different layouts meet (`plan_borders`): each transform is a
 task like a group's kernel (the PrimFunc the plan places, `border_module`), estimated, tuned and
@@ -129,6 +135,10 @@ class PlanScorer:
         # task key -> its kind for calibration: the group's layout, or "transform"
         self._kind: dict[str, str] = {}
         self._kind_calibration: dict[str, Calibration] = {}
+        # task key -> its kernel's time inside the model / alone (`set_in_model`)
+        self._in_model: dict[str, float] = {}
+        self._kind_in_model: dict[str, float] = {}
+        self._all_in_model = 1.0
 
     # -- groups -> tasks -----------------------------------------------------------------------
 
@@ -175,6 +185,8 @@ class PlanScorer:
                 if task.key not in self._tasks:
                     self._tasks[task.key] = task
                     new_tasks.append(task)
+        if new_tasks and self._in_model:
+            self._refit_in_model()  # ratios restored before their tasks' kinds were known
         return new_tasks
 
     def _tasks_by_name(self, mod: Any) -> dict[str, Task]:
@@ -264,6 +276,8 @@ class PlanScorer:
 
     def set_estimate(self, key: str, estimate: TaskEstimate) -> None:
         self._estimates[key] = estimate
+        if key in self._measured:  # a tuned task's estimate came late (exploration): it calibrates
+            self._refit()
 
     def estimates(self) -> Mapping[str, TaskEstimate]:
         return {**self._estimates, FAILED_TASK: self._estimates_failed}
@@ -282,9 +296,25 @@ class PlanScorer:
     def is_final(self, key: str) -> bool:
         return self._tuned(key)
 
+    def kind_of(self, key: str) -> str:
+        """The task's kind for calibration: its group's layout ("NCHW" for the model's own),
+        or "transform"."""
+        return self._kind.get(key, "NCHW")
+
+    def tuned_of_kind(self, kind: str) -> int:
+        """How many tasks of `kind` are tuned (their estimates may still be to come): once
+        `MIN_KIND_TASKS` of them have estimates, that kind's estimates have a calibration of
+        their own."""
+        return sum(1 for key in self._measured if self._kind.get(key) == kind and self._tuned(key))
+
     @property
     def calibration(self) -> Calibration:
         return self._calibration
+
+    def kind_calibration(self, kind: str) -> Calibration | None:
+        """The calibration of one kind's estimates (None: it has too few tuned tasks and
+        shares the calibration of all)."""
+        return self._kind_calibration.get(kind)
 
     def task_seconds(self, key: str) -> tuple[float | None, bool]:
         """(latency of one call, whether it is a tuned task's measurement)."""
@@ -312,12 +342,16 @@ class PlanScorer:
         if key is None:
             return 0.0
         seconds, _ = self.task_seconds(key)
-        return None if seconds is None else seconds + self.launch_overhead_s
+        if seconds is None:
+            return None
+        return seconds * self.in_model_ratio(key) + self.launch_overhead_s
 
     def score(self, partition: LaidPartition) -> PlanScore:
         kernel, measured, launches, unknown, untuned = 0.0, 0.0, 0, [], []
         for key, calls in self.tasks_of(partition).items():
             seconds, tuned = self.task_seconds(key)
+            if seconds is not None:
+                seconds *= self.in_model_ratio(key)
             launches += calls
             if not tuned:
                 untuned.append(key)
@@ -330,6 +364,41 @@ class PlanScorer:
         total = kernel + launches * self.launch_overhead_s
         share = measured / kernel if kernel > 0 else 0.0
         return PlanScore(total, kernel, launches, share, tuple(unknown), tuple(untuned))
+
+    # -- kernels inside the model --------------------------------------------------------------
+
+    def set_in_model(self, key: str, ratio: float) -> None:
+        """A task's kernel timed inside the model (a plan's end-to-end timing, the VM's
+        instrument hook) took `ratio` times its measurement alone (its best record then)."""
+        self._in_model[key] = ratio
+        self._refit_in_model()
+
+    def in_model(self) -> Mapping[str, float]:
+        return dict(self._in_model)
+
+    def in_model_ratio(self, key: str) -> float:
+        """What a task's kernel takes inside the model per second it takes alone: its own
+        ratio once a plan holding it was timed, else the median of its kind's (layout's)
+        ratios once `MIN_KIND_TASKS` are known, else the median of all, else 1. Alone, a kernel
+        runs again and again on the same data, in the caches; in the model its input was
+        just written (maybe by the other core) and its weights were evicted by the kernels
+        before: MobileNetV2's plans timed 1.4-1.6x their summed kernels."""
+        ratio = self._in_model.get(key)
+        if ratio is not None:
+            return ratio
+        return self._kind_in_model.get(self._kind.get(key, "NCHW"), self._all_in_model)
+
+    def _refit_in_model(self) -> None:
+        ratios = list(self._in_model.values())
+        self._all_in_model = float(np.median(ratios)) if ratios else 1.0
+        by_kind: dict[str, list[float]] = {}
+        for key, ratio in self._in_model.items():
+            by_kind.setdefault(self._kind.get(key, "NCHW"), []).append(ratio)
+        self._kind_in_model = {
+            kind: float(np.median(values))
+            for kind, values in by_kind.items()
+            if len(values) >= MIN_KIND_TASKS
+        }
 
     # -- internals -----------------------------------------------------------------------------
 

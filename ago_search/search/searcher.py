@@ -145,6 +145,16 @@ class PlanSearcher:
             Suggestion(e.partition, e.origin) for e in self._entries.values() if e.score is None
         ]
 
+    def seeds(self) -> dict[str, tuple[LaidPartition, float | None]]:
+        """The seeds suggested so far: name ("tvm", "tvm/NHWC") -> (partition as fitted to the
+        limits, score or None)."""
+        out: dict[str, tuple[LaidPartition, float | None]] = {}
+        for entry in self._entries.values():
+            if entry.origin.startswith("seed:"):
+                name = entry.origin.removeprefix("seed:").split("(", 1)[0]
+                out[name] = (entry.partition, entry.score)
+        return out
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -182,10 +192,15 @@ class PlanSearcher:
             self._entries[partition.fingerprint()] = _Entry(
                 partition, item["origin"], item.get("score"), tuple(parts) if parts else None
             )
+        seeds = [s for s in self._queue if s.origin.startswith("seed:")]
         self._queue = [
             Suggestion(LaidPartition.from_dict(graph, item["partition"]), item["origin"])
             for item in state.get("queue", [])
         ]
+        # seeds the saved search never had (it ran without layouts, or before a seed was
+        # added) are still to be suggested
+        queued = {s.key for s in self._queue}
+        self._queue[:0] = [s for s in seeds if s.key not in self._entries and s.key not in queued]
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -68,6 +68,11 @@ class SearchState:
     leader: str | None = None
     finished: bool = False
     end_to_end_s: float | None = None  # how long timing a plan end to end took
+    # the layouts whose first tasks were tuned (`SearchConfig.explore_tasks`), and the time
+    explored: list[str] = field(default_factory=list)
+    exploration_s: float = 0.0
+    # task key -> its kernel's time inside the model / alone (the end-to-end timings)
+    in_model: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +90,9 @@ class SearchState:
             "leader": self.leader,
             "finished": self.finished,
             "end_to_end_s": self.end_to_end_s,
+            "explored": self.explored,
+            "exploration_s": self.exploration_s,
+            "in_model": self.in_model,
         }
 
     @staticmethod
@@ -107,6 +115,9 @@ class SearchState:
             leader=data.get("leader"),
             finished=bool(data.get("finished", False)),
             end_to_end_s=data.get("end_to_end_s"),
+            explored=list(data.get("explored", [])),
+            exploration_s=float(data.get("exploration_s", 0.0)),
+            in_model={k: float(v) for k, v in (data.get("in_model") or {}).items()},
         )
 
 
