@@ -126,20 +126,20 @@ def _two_conv_task(folder: Path):
 def test_a_two_conv_group_is_sampled_and_tuned_with_the_first_rule_set_that_works(tmp_path):
     from ago_search.schedule.config import TuningConfig
     from ago_search.schedule.probe import sample_first_working
-    from ago_search.schedule.rules import FALLBACK_ORDER, rule_sets_to_try
+    from ago_search.schedule.rules import FALLBACK_ORDER, MULTI_COMPLEX_ORDER, rule_sets_to_try
     from ago_search.schedule.tune import TuningSession
     from cost_model.factory import make_cost_model
 
     assert rule_sets_to_try("auto") == FALLBACK_ORDER
+    assert rule_sets_to_try("auto", complex_ops=2) == MULTI_COMPLEX_ORDER
     assert rule_sets_to_try("plain") == ("plain",)
     with pytest.raises(ValueError, match="unknown rule set"):
         rule_sets_to_try("fastest")
     task = _two_conv_task(tmp_path)
+    # several convs in one group: the fused write cache of MetaSchedule's default rules gave
+    # 7 of 8 wrong results on this block; the set without it is tried first
     name, _, candidates = sample_first_working(task.mod, task.target, 4)
-    assert candidates and name in FALLBACK_ORDER
-    if name != "default":  # the default rules fail on it: they fail alone, with their reason
-        with pytest.raises(RuntimeError, match="ScheduleError|schedule"):
-            sample_first_working(task.mod, task.target, 4, rules="default")
+    assert candidates and name == MULTI_COMPLEX_ORDER[0]
     with TaskProbe() as probe:
         result = probe.probe(task.mod, task.target)
     assert result.ok and result.rules == name
@@ -149,3 +149,4 @@ def test_a_two_conv_group_is_sampled_and_tuned_with_the_first_rule_set_that_work
         report = session.tune([task], config, cost_model=make_cost_model("random"))
     assert task.key not in session.left_out
     assert report.tasks[0].best_seconds is not None
+    assert report.tasks[0].statuses.get("ok", 0) >= 6, report.tasks[0].statuses

@@ -11,7 +11,7 @@ import pytest
 from ago_search.database import Status, TuningDatabase, export_jsonl, import_jsonl, read_jsonl
 from ago_search.devices import load_device
 from ago_search.remeasure import remeasure
-from cost_model.input_pipeline import load_dataset
+from cost_model.input_pipeline import MEASUREMENT_FIX_AT, load_dataset
 
 SMOKE_TRACES = Path(__file__).parent / "data" / "smoke_traces.jsonl.gz"
 
@@ -72,8 +72,15 @@ def test_remeasure_replaces_labels_exports_and_resumes(host_db, tmp_path: Path) 
         import_jsonl(db, export)
         for record in db.records():
             plain = {k: v for k, v in record.extra.items() if k != "remeasured"}
+            # an old label: measured before the measurement fix (one after it is clean)
             db.commit_record(
-                dataclasses.replace(record, latencies=(1.0,), median=None, extra=plain),
+                dataclasses.replace(
+                    record,
+                    latencies=(1.0,),
+                    median=None,
+                    extra=plain,
+                    measured_at=MEASUREMENT_FIX_AT - 3600,
+                ),
                 replace=True,
             )
         export_jsonl(db, stale)

@@ -120,9 +120,11 @@ def sample_first_working(
     one generates its design space and samples a schedule: (the set, the TuneContext, the
     candidates). Raises a RuntimeError with every set's reason when none does."""
     from ago_search.schedule.rules import rule_sets_to_try
+    from ago_search.schedule.tasks import count_complex_blocks
 
+    complex_ops = count_complex_blocks(mod["main"]) if rules == "auto" else 0
     reasons = []
-    for name in rule_sets_to_try(rules):
+    for name in rule_sets_to_try(rules, complex_ops):
         try:
             context, candidates = sample_candidates(mod, target, samples, seed, num_threads, name)
         except MemoryError:
