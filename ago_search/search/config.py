@@ -82,7 +82,7 @@ class SearchConfig:
     seed_wait_s: float = 90.0
     explore_tasks: int = 3
     profile_runs: int = 10
-    explore_share_of_budget: float = 0.12
+    explore_share_of_budget: float = 0.15
     divide: bool = True
     region_min_complex: int = 3
     limits: GroupLimits = field(default_factory=GroupLimits)
