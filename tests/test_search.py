@@ -131,6 +131,10 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
     assert summary["latency_s"]["ago_search"] > 0
     assert summary["plans_scored"] >= 3  # at least the three seeds
     assert summary["measurements"] == len(records)
+    # every verified end-to-end timing timed the plan's kernels inside the model too
+    timed = [e for e in summary["end_to_end"] if e["verified"]]
+    assert timed, summary["end_to_end"]
+    assert all(e["kernels_in_model_s"] > 0 and e["kernels_alone_s"] > 0 for e in timed)
 
     # the deployable library: the TVM runtime alone loads it and computes ORT's outputs
     check = textwrap.dedent(
