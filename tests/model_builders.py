@@ -101,3 +101,25 @@ def conv_matmul() -> onnx.ModelProto:
         [weight("W", (8, 3, 3, 3)), weight("B", (8,), 1), weight("M", (512, 10), 2)]
         + [weight("C", (10,), 3)],
     )
+
+
+def residual_block() -> onnx.ModelProto:
+    """x -> conv 3x3 -> relu -> conv 3x3 -> add x -> relu: a residual block, two convs to fuse
+    or not (8 channels, 16x16)."""
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["c2", "x"], ["s"]),
+            helper.make_node("Relu", ["s"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [
+            weight("W1", (8, 8, 3, 3)),
+            weight("B1", (8,), 1),
+            weight("W2", (8, 8, 3, 3), 2),
+            weight("B2", (8,), 3),
+        ],
+    )

@@ -87,29 +87,12 @@ def _two_conv_task(folder: Path):
     """A residual block (two padded 3x3 convs) as ONE group: the kind of group MetaSchedule's
     default CPU rules can fail on (reverse-compute-at of a conv's write cache while the next
     conv's padding reads a halo of it)."""
-    from model_builders import make_model, weight
-    from onnx import TensorProto, helper
+    from model_builders import residual_block
 
     from ago_search.pipeline import plan_model, prepare_model
     from ago_search.plan import Plan
 
-    model = make_model(
-        [
-            helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c1"], ["r1"]),
-            helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1]),
-            helper.make_node("Add", ["c2", "x"], ["s"]),
-            helper.make_node("Relu", ["s"], ["y"]),
-        ],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
-        [
-            weight("W1", (8, 8, 3, 3)),
-            weight("B1", (8,), 1),
-            weight("W2", (8, 8, 3, 3), 2),
-            weight("B2", (8,), 3),
-        ],
-    )
+    model = residual_block()
     from ago_search.frontend import import_onnx
 
     path = folder / "block.onnx"

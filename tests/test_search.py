@@ -16,8 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from model_builders import make_model, weight
-from onnx import TensorProto, helper
+from model_builders import residual_block
 
 from ago_search.cli import main
 
@@ -26,24 +25,8 @@ FAST = {"slice_s": 6.0, "samples": 16, "estimator_workers": 1}
 
 
 def _block() -> onnx.ModelProto:
-    """x -> conv -> relu -> conv -> add x -> relu: a residual block, two convs to fuse or not."""
-    return make_model(
-        [
-            helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c1"], ["r1"]),
-            helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1]),
-            helper.make_node("Add", ["c2", "x"], ["s"]),
-            helper.make_node("Relu", ["s"], ["y"]),
-        ],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
-        [
-            weight("W1", (8, 8, 3, 3)),
-            weight("B1", (8,), 1),
-            weight("W2", (8, 8, 3, 3), 2),
-            weight("B2", (8,), 3),
-        ],
-    )
+    """A residual block: two convs to fuse or not."""
+    return residual_block()
 
 
 @pytest.fixture(scope="module")
