@@ -53,6 +53,9 @@ class SearchConfig:
     every kernel timed inside the model (the VM's instrument hook): each task's in-model time
     over its time alone scales its latency in the scores (`PlanScorer.in_model_ratio`); 0:
     scores sum the kernels as timed alone.
+    project: plans are ranked (by the searcher, for the lead) on their projection to the end of
+    the budget (`search/curve.py`: the measurements left shared among each plan's tasks, each
+    task's latency moved along the tuning curve); False: on their scores as they stand.
     layouts: search a layout per group (`ago_search.layout.layout_choices` of the target:
     NCHW, NHWC, NCHW{lanes}c), with TVM's fusion in each layout among the seeds; False: NCHW
     only.
@@ -79,6 +82,7 @@ class SearchConfig:
     end_to_end_share: float = 0.9
     first_pass_share: float = 0.5
     layouts: bool = True
+    project: bool = True
     seed_wait_s: float = 90.0
     explore_tasks: int = 3
     profile_runs: int = 10

@@ -49,6 +49,7 @@ from ago_search.schedule.tasks import Task
 from ago_search.schedule.tune import TuningSession
 from ago_search.search.budget import Budget, format_duration
 from ago_search.search.config import SearchConfig, SearchResult
+from ago_search.search.curve import fit_slope
 from ago_search.search.estimators import EstimatorPool
 from ago_search.search.explore import exploration_tasks, seed_kind
 from ago_search.search.finish import PlanMeasurement, measure_plan, search_summary
@@ -66,6 +67,10 @@ log = logging.getLogger(__name__)
 
 # the seeds that also start in every layout of the space
 LAYOUT_SEED_BASES = ("tvm", "dnnfusion")
+# the share of the wall time that goes to tuning runs from here on (the rest: estimating,
+# end-to-end timings); the 1-h MobileNetV2 search measured 0.95 candidates/s over its budget
+TUNING_SHARE = 0.85
+EXPLORED_WAIT_S = 45.0
 
 
 @dataclass
@@ -181,7 +186,15 @@ class _Search:
         # MobileNetV2's 16-trial rounds took 8-14 s on 2 cores
         self.round_s = 10.0
         self.explored_s = 0.0  # seconds this run spent exploring layouts (`_explore`)
+        # the measurement rate the projection counts on: wall seconds of this run's tuning runs
+        # (the one going on counted from `tuning_since`) and the measurements they made
+        self.tuning_wall_s = 0.0
+        self.tuning_since: float | None = None
+        self.measurements_at_tuning = 0
+        self.curve_fitted_at = -math.inf
         self._explore_plans: dict[str, LaidPartition] | None = None  # layout -> TVM's fusion
+        self.explored_keys: list[str] = []  # tasks this run explored
+        self.explored_at: float | None = None  # time.monotonic() when the exploration ended
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -341,7 +354,9 @@ class _Search:
 
     def _choose_leader(self) -> None:
         best = self.searcher.best(1)
-        if self.leader is None and (self._waiting_for_seeds() or self._layouts_to_explore()):
+        if self.leader is None and (
+            self._waiting_for_seeds() or self._layouts_to_explore() or self._waiting_for_explored()
+        ):
             return
         if not best:
             if self.leader is None:
@@ -374,7 +389,7 @@ class _Search:
             if self.config.early_switch_margin is None:
                 return
             margin = max(margin, self.config.early_switch_margin)
-        if score >= current.seconds * (1 - margin):
+        if score >= current.ranking * (1 - margin):
             return
         # A challenger is worth its first pass only if the budget leaves time for it and more:
         # a 10-min MobileNetV2 search took the lead for a plan with 12 tasks still to tune,
@@ -408,6 +423,22 @@ class _Search:
         # late would never lead
         waited = time.monotonic() - self.run_started - self.explored_s
         return waited < min(self.config.seed_wait_s, 0.1 * self.config.budget_s)
+
+    def _waiting_for_explored(self) -> bool:
+        """Whether the first leader waits for the explored tasks' estimates (at most
+        `EXPLORED_WAIT_S` after the exploration): without them the exploration calibrates no
+        layout (a 10-min ResNet-18 search explored 9 tasks in 95 s, and its single estimator,
+        still on the seeds' tasks, had estimated none of them when the leader was chosen)."""
+        if not self.explored_keys or self.explored_at is None:
+            return False
+        estimates = self.scorer.estimates()
+        missing = [k for k in self.explored_keys if k not in estimates]
+        if not missing:
+            return False
+        if time.monotonic() - self.explored_at < EXPLORED_WAIT_S:
+            log.debug("waiting for the estimates of %d explored tasks", len(missing))
+            return True
+        return False
 
     def _layouts_to_explore(self) -> dict[str, LaidPartition]:
         """Layout -> TVM's fusion in it (as the searcher fits it to the limits), for the
@@ -465,6 +496,11 @@ class _Search:
         if not tasks:
             self.state.explored.extend(kinds)
             return
+        self.explored_keys = [t.key for t in tasks]
+        if self.pool is not None:  # their estimates calibrate the layouts: before the rest
+            todo = self.scorer.needs_estimate(self.explored_keys)
+            self.pool.submit({k: self.scorer.task(k).mod for k in todo})
+            self.pool.prioritize(self.explored_keys)
         started = time.monotonic()
         deadline = min(started + left, self.budget.deadline(self._reserve()))
         trials = self.scorer.decent_trials
@@ -497,6 +533,7 @@ class _Search:
             self.state.explored.extend(kinds)
             self.explored_s += time.monotonic() - started
             self.state.exploration_s += time.monotonic() - started
+            self.explored_at = time.monotonic()
         for result in report.tasks:
             self.scorer.set_measured(result.key, result.best_seconds, result.trials)
             self._note_failing(result.key, result.best_seconds, result.trials)
@@ -591,9 +628,14 @@ class _Search:
                 return True
             return False
 
-        report = self.session.tune(
-            tasks, config, cost_model=self.guide, deadline=deadline, stop=stop
-        )
+        self.tuning_since = time.monotonic()
+        try:
+            report = self.session.tune(
+                tasks, config, cost_model=self.guide, deadline=deadline, stop=stop
+            )
+        finally:
+            self.tuning_wall_s += time.monotonic() - self.tuning_since
+            self.tuning_since = None
         for result in report.tasks:
             self.scorer.set_measured(result.key, result.best_seconds, result.trials)
             self._note_failing(result.key, result.best_seconds, result.trials)
@@ -655,9 +697,36 @@ class _Search:
         return time.monotonic() - self.last_check_at >= self.config.recheck_seconds()
 
     def _rescore(self) -> None:
+        self._update_projection()
         for key, partition, _ in self.searcher.scored():
             self._tell(key, partition, self.scorer.score(partition))
         self._report_progress()
+
+    def _update_projection(self) -> None:
+        """The scorer's curve (refitted each minute on every task's records) and horizon: the
+        measurements the budget left holds at this run's rate (`search/curve.py`)."""
+        if not self.config.project:
+            return
+        now = time.monotonic()
+        if now - self.curve_fitted_at >= 60.0:
+            self.curve_fitted_at = now
+            sequences = self.store.latencies_in_order(self.device.key).values()
+            self.scorer.set_curve(fit_slope(sequences, self.config.round_trials))
+        self.scorer.set_horizon(
+            self._measurement_rate() * max(0.0, self.budget.left - self._reserve())
+        )
+
+    def _measurement_rate(self) -> float:
+        """Measurements per second of wall time from here on: what this run's tuning made per
+        second of it, times the share of the time tuning gets (the rest: estimates, end-to-end
+        timings, looks); before a round is done, a round per `round_s`."""
+        wall = self.tuning_wall_s
+        if self.tuning_since is not None:
+            wall += time.monotonic() - self.tuning_since
+        made = len(self.store) - self.counters.measurements_before
+        if made < self.config.round_trials or wall < 10.0:
+            return TUNING_SHARE * self.config.round_trials / self.round_s
+        return TUNING_SHARE * made / wall
 
     def _tell(self, key: str, partition: LaidPartition, score: PlanScore) -> None:
         """The searcher learns a plan's score, and its cost per region (divide and conquer)."""
@@ -668,7 +737,7 @@ class _Search:
         parts = None
         if regions is not None and regions.count > 1:
             parts = regions.costs(partition, lambda g: self.scorer.group_seconds(partition, g))
-        self.searcher.on_result(key, score.seconds, parts)
+        self.searcher.on_result(key, score.ranking, parts)
 
     def _learn_in_model(self, planned: PlannedModel, measured: PlanMeasurement) -> dict[str, Any]:
         """Each task's kernel as the end-to-end run timed it inside the model, against its best
@@ -892,7 +961,7 @@ class _Search:
         self.state.history.append(
             {
                 "at_s": self.budget.spent,
-                "best_predicted_s": best[0][1] if best else None,
+                "best_predicted_s": self._predicted_now(best),
                 "best_measured_s": self.state.best["measured_s"] if self.state.best else None,
                 "measurements": len(self.store),
             }
@@ -908,13 +977,20 @@ class _Search:
             {
                 "spent_s": self.budget.spent,
                 "budget_s": self.budget.total,
-                "best_predicted_s": best[0][1] if best else None,
+                "best_predicted_s": self._predicted_now(best),
                 "first_measured_s": measured[0] if measured else None,
                 "best_measured_s": self.state.best["measured_s"] if self.state.best else None,
                 "measurements": len(self.store),
                 "plans_scored": len(self.searcher.scored()),
             }
         )
+
+    def _predicted_now(self, best: list[tuple[LaidPartition, float, str]]) -> float | None:
+        """The score as it stands of the best-ranked plan (the searcher ranks on projections)."""
+        if not best:
+            return None
+        score = self.scorer.score(best[0][0])
+        return None if score.unknown else score.seconds
 
 
 def _before_fallback(error: str) -> bool:

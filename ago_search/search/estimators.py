@@ -12,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cost_model.estimate import LatencyEstimator, TaskEstimate
+
+# tasks in flight per actor while unpaced (Ray runs an actor's calls in order; more than one
+# keeps it busy between two polls)
+UNPACED_IN_FLIGHT = 3
 
 __all__ = ["EstimatorPool", "EstimatorWorker"]
 
@@ -127,8 +131,11 @@ class EstimatorPool:
         start). On 2 cores every estimate slows the tuning beside it: ResNet-18's first pass
         ran 27 % fewer trials than tune-tasks' while its three seeds' tasks were estimated."""
         while self._backlog:
-            if self.share is not None and len(self._running) >= len(self._actors):
-                return  # paced: one in flight per actor (without a share, all are queued)
+            in_flight = 1 if self.share is not None else UNPACED_IN_FLIGHT
+            if len(self._running) >= in_flight * len(self._actors):
+                # paced: one in flight per actor; unpaced a few, so the backlog's order (what
+                # `prioritize` moved up) still counts
+                return
             if not force and self.over_share():
                 return
             key, mod = self._backlog.pop(0)
@@ -138,6 +145,12 @@ class EstimatorPool:
             self._running[ref] = key
             if self.share is None:
                 self._unpaced.add(ref)
+
+    def prioritize(self, keys: Iterable[str]) -> None:
+        """Estimate these tasks (submitted, not handed out yet) before the rest of the queue:
+        the explored tasks, whose estimates calibrate their layouts before the first leader."""
+        first = set(keys)
+        self._backlog.sort(key=lambda item: item[0] not in first)  # stable: order kept
 
     def over_share(self) -> bool:
         """Whether the estimates since `pace` took more CPU time than the share allows now

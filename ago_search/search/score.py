@@ -11,7 +11,15 @@ A group's kernel latency is its task's (groups with the same PrimFunc share one 
   quantile of the GNN's predictions over sampled schedules), calibrated against the tuned
   tasks: shifted by the median of log(measured best) - log(estimate) over them, so estimates
   and measurements share one scale; a task measured a little but not tuned yet counts the
-  better of its measurement and its calibrated estimate.
+  better of its measurement and its calibrated estimate. A tuned task's best is read back
+  along the tuning curve to what it was after `decent_trials` (`search/curve.py`): a
+  calibrated estimate stands for a new task's best after its first trials, not for what 150
+  trials reached on the leader's tasks.
+
+The projection (`PlanScore.projected`, once the driver gives a horizon): the plan's latency at
+the end of the budget, the measurements left shared among its tasks, each moved along the
+curve (`search/curve.py`); plans are ranked on it (`PlanScore.ranking`), so a plan whose tasks
+are tuned already, or that shares one task among several groups, counts what it saves.
 
 Inside the model a kernel takes longer than alone (timed alone it runs again and again on
 data in the caches; MobileNetV2's plans timed 1.4-1.6x their summed kernels): every end-to-end
@@ -43,6 +51,7 @@ import numpy as np
 from ago_search.pipeline import PreparedModel
 from ago_search.plan import Border, border_module, fuse_groups, plan_borders
 from ago_search.schedule.tasks import Task, extract_tasks
+from ago_search.search.curve import TuningCurve, allocate
 from ago_search.search.laid import LaidPartition, as_laid
 from cost_model.estimate import TaskEstimate
 
@@ -74,6 +83,13 @@ class PlanScore:
     measured_share: float
     unknown: tuple[str, ...] = ()
     untuned: tuple[str, ...] = ()
+    projected: float | None = None
+
+    @property
+    def ranking(self) -> float:
+        """What plans are compared on: the projection to the end of the budget where the
+        scorer has a horizon (`PlanScorer.set_horizon`), else the score now."""
+        return self.projected if self.projected is not None else self.seconds
 
     @property
     def final(self) -> bool:
@@ -88,6 +104,7 @@ class PlanScore:
             "measured_share": self.measured_share,
             "unknown": list(self.unknown),
             "untuned": list(self.untuned),
+            "projected": self.projected,
         }
 
 
@@ -139,6 +156,9 @@ class PlanScorer:
         self._in_model: dict[str, float] = {}
         self._kind_in_model: dict[str, float] = {}
         self._all_in_model = 1.0
+        # the projection to the end of the budget (`search/curve.py`)
+        self._curve = TuningCurve()
+        self._trials_left: float | None = None
 
     # -- groups -> tasks -----------------------------------------------------------------------
 
@@ -321,16 +341,71 @@ class PlanScorer:
         measured = self._measured.get(key)
         if self._tuned(key):
             return measured.best_seconds, True  # type: ignore[union-attr]
-        estimate = self._estimates.get(key)
-        calibration = self._kind_calibration.get(self._kind.get(key, ""), self._calibration)
-        guess = (
-            calibration.apply(estimate.log_seconds)
-            if estimate is not None and estimate.log_seconds is not None
-            else None
-        )
+        guess = self._guess(key)
         seen = measured.best_seconds if measured is not None else None
         options = [s for s in (guess, seen) if s is not None]
         return (min(options) if options else None), False
+
+    # -- the projection to the end of the budget ------------------------------------------------
+
+    def set_curve(self, curve: TuningCurve) -> None:
+        """How tasks' best latencies fall with their trials (`curve.fit_slope`)."""
+        if curve != self._curve:
+            self._curve = curve
+            self._refit()
+
+    @property
+    def curve(self) -> TuningCurve:
+        return self._curve
+
+    def set_horizon(self, trials_left: float | None) -> None:
+        """The measurements the rest of the budget holds (None: no projection; scores rank
+        plans as they stand)."""
+        self._trials_left = trials_left
+
+    def _improvable(self, key: str) -> bool:
+        """Whether more trials can make the task faster."""
+        if key in self._untunable:
+            return False
+        measured = self._measured.get(key)
+        trials = measured.trials if measured is not None else 0
+        return trials < self._space(key)
+
+    def _project(self, calls: Mapping[str, int], now: Mapping[str, float]) -> float:
+        """The plan's kernel time at the end of the budget (`search/curve.py`): the trials left
+        shared among its tasks that can still improve, each task's latency moved along the
+        curve from what it has now to its trials then."""
+        assert self._trials_left is not None
+        weights = {
+            k: calls[k] * now[k] * self.in_model_ratio(k) for k in calls if self._improvable(k)
+        }
+        trials = {k: self._measured[k].trials for k in weights if k in self._measured}
+        final = allocate(weights, trials, self._trials_left, self._curve.slope)
+        total = 0.0
+        for key, n in calls.items():
+            if key not in final:
+                total += n * now[key] * self.in_model_ratio(key)
+                continue
+            later = min(final[key], self._space(key))
+            options = []
+            measured = self._measured.get(key)
+            if measured is not None and measured.best_seconds is not None:
+                options.append(self._curve.at(measured.best_seconds, measured.trials, later))
+            if not self._tuned(key):
+                guess = self._guess(key)
+                if guess is not None:
+                    options.append(self._curve.at(guess, self.decent_trials, later))
+            seconds = min(options) if options else now[key]
+            total += n * seconds * self.in_model_ratio(key)
+        return total
+
+    def _guess(self, key: str) -> float | None:
+        """The task's calibrated estimate: its best after `decent_trials` (None: none)."""
+        estimate = self._estimates.get(key)
+        if estimate is None or estimate.log_seconds is None:
+            return None
+        calibration = self._kind_calibration.get(self._kind.get(key, ""), self._calibration)
+        return calibration.apply(estimate.log_seconds)
 
     # -- scores --------------------------------------------------------------------------------
 
@@ -348,22 +423,28 @@ class PlanScorer:
 
     def score(self, partition: LaidPartition) -> PlanScore:
         kernel, measured, launches, unknown, untuned = 0.0, 0.0, 0, [], []
-        for key, calls in self.tasks_of(partition).items():
+        calls_of = self.tasks_of(partition)
+        now: dict[str, float] = {}
+        for key, calls in calls_of.items():
             seconds, tuned = self.task_seconds(key)
-            if seconds is not None:
-                seconds *= self.in_model_ratio(key)
             launches += calls
             if not tuned:
                 untuned.append(key)
             if seconds is None:
                 unknown.append(key)
                 continue
+            now[key] = seconds
+            seconds *= self.in_model_ratio(key)
             kernel += calls * seconds
             if tuned:
                 measured += calls * seconds
-        total = kernel + launches * self.launch_overhead_s
+        overhead = launches * self.launch_overhead_s
+        total = kernel + overhead
         share = measured / kernel if kernel > 0 else 0.0
-        return PlanScore(total, kernel, launches, share, tuple(unknown), tuple(untuned))
+        projected = None
+        if self._trials_left is not None and not unknown:
+            projected = self._project(calls_of, now) + overhead
+        return PlanScore(total, kernel, launches, share, tuple(unknown), tuple(untuned), projected)
 
     # -- kernels inside the model --------------------------------------------------------------
 
@@ -442,7 +523,22 @@ class PlanScorer:
                 and estimate.log_seconds is not None
                 and measured.best_seconds
             ):
-                diffs.append(math.log(measured.best_seconds) - estimate.log_seconds)
+                diffs.append(self._log_at_decent(key, measured) - estimate.log_seconds)
         if not diffs:
             return Calibration()
         return Calibration(float(np.median(diffs)), len(diffs))
+
+    def _space(self, key: str) -> float:
+        """How many different schedules the task's design space has (inf: many)."""
+        estimate = self._estimates.get(key)
+        return float(estimate.distinct) if estimate is not None and estimate.distinct else math.inf
+
+    def _log_at_decent(self, key: str, measured: _Measured) -> float:
+        """log of a tuned task's best after `decent_trials`, as the curve has it: what a
+        calibrated estimate stands for (a task tuned 150 trials is not what a new task reaches
+        in its first round; the 1-h MobileNetV2 search's tasks fell 1.36x from 8 trials to 32)."""
+        assert measured.best_seconds is not None
+        space = self._space(key)
+        depth = min(max(measured.trials, 1), space)
+        reference = min(self.decent_trials, space)
+        return math.log(measured.best_seconds) + self._curve.slope * math.log(depth / reference)
