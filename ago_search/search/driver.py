@@ -565,11 +565,13 @@ class _Search:
         self.leader_key = partition.fingerprint()
         score = self.scorer.score(partition)
         log.info(
-            "leading plan %s (%s): %d groups, predicted %s",
+            "leading plan %s (%s): %d groups, %d tasks, predicted %s, at the budget's end %s",
             self.leader_key[:10],
             why,
             partition.num_groups,
+            len(self.scorer.tasks_of(partition)),
             _ms(score.seconds) if not score.unknown else "-",
+            _ms(score.projected),
         )
 
     def _leader_tasks(self) -> list[Task]:
@@ -711,7 +713,10 @@ class _Search:
         if now - self.curve_fitted_at >= 60.0:
             self.curve_fitted_at = now
             sequences = self.store.latencies_in_order(self.device.key).values()
-            self.scorer.set_curve(fit_slope(sequences, self.config.round_trials))
+            curve = fit_slope(sequences, self.config.round_trials)
+            if abs(curve.slope - self.scorer.curve.slope) > 0.02:
+                log.info("tuning curve: slope %.3f over %d tasks", curve.slope, curve.tasks)
+            self.scorer.set_curve(curve)
         self.scorer.set_horizon(
             self._measurement_rate() * max(0.0, self.budget.left - self._reserve())
         )
