@@ -84,7 +84,7 @@ class SearchConfig:
     layouts: bool = True
     project: bool = True
     seed_wait_s: float = 90.0
-    explore_tasks: int = 3
+    explore_tasks: int = 2
     profile_runs: int = 10
     explore_share_of_budget: float = 0.15
     divide: bool = True

@@ -60,7 +60,10 @@ __all__ = ["FAILED_TASK", "Calibration", "PlanScore", "PlanScorer"]
 log = logging.getLogger(__name__)
 
 FAILED_TASK = "no-kernel-in-this-layout"
-MIN_KIND_TASKS = 3
+# tuned tasks a layout needs for a calibration (and in-model ratio) of its own: 2, what the
+# exploration gives each layout (a 10-min ResNet-18 search's exploration, 3 tasks a layout,
+# ran out of its 90 s with 2 of each tuned: 16 trials on a ResNet-18 task take ~10 s)
+MIN_KIND_TASKS = 2
 _FAILED = object()
 
 # TVM's VM calls a kernel in about 1-3 us on these CPUs.
