@@ -319,6 +319,7 @@ class _Search:
                 log.info("task %s has no estimate: %s", key, estimate.error)
                 self.untunable.setdefault(key, False)
         estimates = self.scorer.estimates()
+        self._update_projection()  # the first leader is chosen on projections too
         still = []
         for suggestion in self.pending:
             score = self.scorer.score(suggestion.partition)
