@@ -925,7 +925,7 @@ class _Search:
         interrupted: bool,
         partition: LaidPartition | None = None,
     ) -> dict[str, Any]:
-        return search_summary(
+        summary = search_summary(
             plan_info=self._plan_info(partition if partition is not None else self.leader),
             model=self.imported.path,
             device=self.device,
@@ -944,6 +944,9 @@ class _Search:
                 "database": str(self.folder.database),
             },
         )
+        curve = self.scorer.curve
+        summary["tuning_curve"] = {"slope": curve.slope, "tasks": curve.tasks}
+        return summary
 
     # -- helpers ------------------------------------------------------------------------------
 
