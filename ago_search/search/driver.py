@@ -566,6 +566,21 @@ class _Search:
             log.info(
                 "estimates calibrated per layout (log offset over tasks): %s", ", ".join(parts)
             )
+        seeds = []
+        for key, partition, _ in self.searcher.scored():
+            origin = self.searcher.origin(key)
+            if origin.startswith("seed:"):
+                score = self.scorer.score(partition)
+                seeds.append(
+                    f"{origin[5:]} {_ms(score.seconds)} ({_ms(score.projected)} at the end, "
+                    f"{len(score.untuned)} of {len(self.scorer.tasks_of(partition))} tasks untuned)"
+                )
+        unscored = [s.origin[5:] for s in self.pending if s.origin.startswith("seed:")]
+        log.info(
+            "seeds at the first leader: %s%s",
+            "; ".join(seeds) or "none scored",
+            f"; not scored yet: {', '.join(unscored)}" if unscored else "",
+        )
 
     def _set_leader(self, partition: LaidPartition, why: str) -> None:
         if self.leader is not None and partition == self.leader:
