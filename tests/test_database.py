@@ -151,6 +151,20 @@ def test_best_ignores_failures(db: TuningDatabase, target: str) -> None:
     assert db.best("task-a", "host", k=0) == [] and db.best("task-b", "host") == []
 
 
+def test_latencies_come_in_commit_order_with_failures_as_none(db: TuningDatabase, target: str):
+    """What the search's tuning curve is fitted on: each task's medians as measured."""
+    db.commit_record(_record(target, 2))
+    db.commit_record(_record(target, 0))
+    db.commit_record(_record(target, 1, status=Status.WRONG_RESULT))
+    db.commit_record(_record(target, 0, task_key="task-b"))
+    db.commit_record(_record(target, 3, device_key="pixel7"))
+    seqs = db.latencies_in_order("host")
+    assert seqs.keys() == {"task-a", "task-b"}
+    assert seqs["task-a"][0] == pytest.approx(3e-3) and seqs["task-a"][1] == pytest.approx(1e-3)
+    assert seqs["task-a"][2] is None and len(seqs["task-b"]) == 1
+    assert db.latencies_in_order("nowhere") == {}
+
+
 def test_devices_have_separate_bests(db: TuningDatabase, target: str) -> None:
     db.commit_record(_record(target, 0, device_key="host-znver3", latencies=(5e-3,)))
     db.commit_record(_record(target, 1, device_key="host-znver3", latencies=(1e-3,)))

@@ -319,6 +319,7 @@ class _Search:
                 log.info("task %s has no estimate: %s", key, estimate.error)
                 self.untunable.setdefault(key, False)
         estimates = self.scorer.estimates()
+        self._update_projection()  # the first leader is chosen on projections too
         still = []
         for suggestion in self.pending:
             score = self.scorer.score(suggestion.partition)
@@ -502,7 +503,10 @@ class _Search:
             self.pool.submit({k: self.scorer.task(k).mod for k in todo})
             self.pool.prioritize(self.explored_keys)
         started = time.monotonic()
-        deadline = min(started + left, self.budget.deadline(self._reserve()))
+        # the rounds planned may take longer than `_explore_round_s` says (a 10-min ResNet-18
+        # search's took 16 s, not 8: the design-space probes, the first builds): the last one
+        # is let finish, or its layout has one tuned task and no calibration of its own
+        deadline = min(started + 1.5 * left, self.budget.deadline(self._reserve()))
         trials = self.scorer.decent_trials
         before = sum(r.trials for r in task_results(self.store, tasks, self.device.key))
         config = TuningConfig(
@@ -525,7 +529,7 @@ class _Search:
                 config,
                 cost_model=self.guide,
                 deadline=deadline,
-                stop=lambda: self.stop_requested,
+                stop=self._explore_stop,
             )
         finally:
             # once tried, a layout is not explored again, even if a task of it failed (its
@@ -540,6 +544,18 @@ class _Search:
         # (`round_s` is left alone: this run's time holds the tasks' design-space probes)
         log.info("explored %s in %.0f s", ", ".join(kinds), report.wall_s)
 
+    def _explore_stop(self) -> bool:
+        """Asked before each exploration round: the estimates are collected (and the queued
+        ones handed out), so the explored tasks' estimates are in when it ends (without it the
+        estimator sat idle through a 96-s exploration and the first leader waited 54 s more
+        for them)."""
+        if self.pool is not None:
+            try:  # an exception must not reach MetaSchedule's C++ loop
+                self._collect(self.pool, wait=0.0)
+            except Exception:
+                log.exception("collecting estimates during the exploration failed")
+        return self.stop_requested
+
     def _log_calibration(self) -> None:
         """Each layout's calibration, once the first leader is chosen."""
         parts = []
@@ -550,6 +566,21 @@ class _Search:
             log.info(
                 "estimates calibrated per layout (log offset over tasks): %s", ", ".join(parts)
             )
+        seeds = []
+        for key, partition, _ in self.searcher.scored():
+            origin = self.searcher.origin(key)
+            if origin.startswith("seed:"):
+                score = self.scorer.score(partition)
+                seeds.append(
+                    f"{origin[5:]} {_ms(score.seconds)} ({_ms(score.projected)} at the end, "
+                    f"{len(score.untuned)} of {len(self.scorer.tasks_of(partition))} tasks untuned)"
+                )
+        unscored = [s.origin[5:] for s in self.pending if s.origin.startswith("seed:")]
+        log.info(
+            "seeds at the first leader: %s%s",
+            "; ".join(seeds) or "none scored",
+            f"; not scored yet: {', '.join(unscored)}" if unscored else "",
+        )
 
     def _set_leader(self, partition: LaidPartition, why: str) -> None:
         if self.leader is not None and partition == self.leader:
@@ -616,10 +647,12 @@ class _Search:
             try:  # an exception must not reach MetaSchedule's C++ loop (it would abort)
                 self._look(tasks)
                 # a leader due to be timed end to end is timed before any challenger takes
-                # over: the best verified plan on disk is a tuned one
+                # over (the best verified plan on disk is a tuned one), here, between two
+                # rounds: ending the run for it cost 10-20 s of restart (the tasks' contexts,
+                # their first rounds' populations) on a 10-min ResNet-18 search
                 if self._end_to_end_due():
-                    why = "an end-to-end timing"
-                    return True
+                    self._check_leader()
+                    last_look = time.monotonic()
                 self._choose_leader()
             except Exception:
                 log.exception("looking at the plans failed; the tuning run ends here")
@@ -907,7 +940,7 @@ class _Search:
         interrupted: bool,
         partition: LaidPartition | None = None,
     ) -> dict[str, Any]:
-        return search_summary(
+        summary = search_summary(
             plan_info=self._plan_info(partition if partition is not None else self.leader),
             model=self.imported.path,
             device=self.device,
@@ -926,6 +959,9 @@ class _Search:
                 "database": str(self.folder.database),
             },
         )
+        curve = self.scorer.curve
+        summary["tuning_curve"] = {"slope": curve.slope, "tasks": curve.tasks}
+        return summary
 
     # -- helpers ------------------------------------------------------------------------------
 

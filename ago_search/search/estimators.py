@@ -19,7 +19,7 @@ from cost_model.estimate import LatencyEstimator, TaskEstimate
 
 # tasks in flight per actor while unpaced (Ray runs an actor's calls in order; more than one
 # keeps it busy between two polls)
-UNPACED_IN_FLIGHT = 3
+UNPACED_IN_FLIGHT = 8
 
 __all__ = ["EstimatorPool", "EstimatorWorker"]
 

@@ -135,6 +135,10 @@ class PlanSearcher:
         scored.sort(key=lambda e: e.score)  # type: ignore[arg-type, return-value]
         return [(e.partition, float(e.score), e.origin) for e in scored[:count]]  # type: ignore[arg-type]
 
+    def origin(self, key: str) -> str:
+        """Where a suggested partition came from ("seed:tvm", "merge+split", ...)."""
+        return self._entries[key].origin
+
     def scored(self) -> list[tuple[str, LaidPartition, float]]:
         """Every scored partition: (key, partition, score)."""
         return [(k, e.partition, e.score) for k, e in self._entries.items() if e.score is not None]
