@@ -62,32 +62,18 @@ def main() -> int:
     threads = args.threads or host.threads
     os.environ.update(tvm_thread_env(threads))  # before TVM's pool exists
 
-    from ago_search.build import VMRunner, compile_plan_tuned
-    from ago_search.database import SqliteDatabase, TuningDatabase
+    from search_outputs import build_search_output
+
+    from ago_search.build import VMRunner
     from ago_search.frontend import random_inputs
     from ago_search.measure.lease import host_cpu_lease
-    from ago_search.pipeline import import_model, plan_model, prepare_model
-    from ago_search.plan import Plan
 
     out = args.out
-    state = json.loads((out / "search-state.json").read_text())
-    model = state["model"]
-    imported = import_model(model["path"], {k: tuple(v) for k, v in model["inputs"].items()})
-    target = host.tvm_target()
-    prepared = prepare_model(imported, target)
-    planned = plan_model(prepared, Plan.load(out / "plan.json"))
-    store = TuningDatabase(out / "tuning.db")
-    tuned = compile_plan_tuned(
-        prepared.legalized,
-        planned.graph,
-        planned.plan,
-        target,
-        SqliteDatabase(store, state.get("device_key", host.key), target),
-        fused=planned.fused,
-    )
+    search = build_search_output(out, host)
+    imported, planned, store, tuned = search.imported, search.planned, search.store, search.tuned
     # call-site name -> its task
     task_of = {name: task for task in planned.tasks for name in task.groups}
-    device_key = state.get("device_key", host.key)
+    device_key = search.device_key
     feeds = random_inputs(imported.inputs, seed=0)
     inputs = [feeds[s.name] for s in imported.inputs]
 

@@ -34,35 +34,18 @@ def main() -> int:
 
     host = detect_host()
     os.environ.update(tvm_thread_env(host.threads))
+    from search_outputs import build_search_output
+
     from ago_search.bench import bench_model
-    from ago_search.build import compile_plan_tuned
-    from ago_search.database import SqliteDatabase, TuningDatabase
-    from ago_search.pipeline import import_model, plan_model, prepare_model
-    from ago_search.plan import Plan
 
     labels = args.labels.split(",") if args.labels else [o.name for o in args.outs]
     builds = {}
-    imported = None
-    target = host.tvm_target()
+    prepared = None
     for label, out in zip(labels, args.outs, strict=True):
-        state = json.loads((out / "search-state.json").read_text())
-        model = state["model"]
-        if imported is None:
-            imported = import_model(
-                model["path"], {k: tuple(v) for k, v in model["inputs"].items()}
-            )
-            prepared = prepare_model(imported, target)
-        planned = plan_model(prepared, Plan.load(out / "plan.json"))
-        store = TuningDatabase(out / "tuning.db")
-        tuned = compile_plan_tuned(
-            prepared.legalized,
-            planned.graph,
-            planned.plan,
-            target,
-            SqliteDatabase(store, state.get("device_key", host.key), target),
-            fused=planned.fused,
-        )
-        builds[label] = tuned.executable
+        search = build_search_output(out, host, prepared)
+        prepared = search.prepared
+        builds[label] = search.tuned.executable
+    imported = prepared.imported
     result = bench_model(imported, threads=[host.threads], builds=builds, tvm_default=False)
     rows = {}
     for run in result.runs:

@@ -544,4 +544,4 @@ class PlanScorer:
         space = self._space(key)
         depth = min(max(measured.trials, 1), space)
         reference = min(self.decent_trials, space)
-        return math.log(measured.best_seconds) + self._curve.slope * math.log(depth / reference)
+        return math.log(self._curve.at(measured.best_seconds, depth, reference))
