@@ -201,6 +201,22 @@ def test_gnn_guides_metaschedule_tuning(tmp_path: Path) -> None:
         rtol=1e-5,
         atol=1e-7,
     )
+    # the fine-tuned GNN ranks only the task it was fine-tuned on; a task the run has not
+    # measured is ranked by the model as loaded (fine-tuning on one task's rounds made the
+    # next task's first round worse)
+    graphs = [p.graph() for p in model._store_parts(context, candidates)]
+    tuned, base = model.predictor.predict(graphs), model._base.predict(graphs)
+    assert not np.allclose(tuned, base)  # fine-tuning changed the model, not the base
+    np.testing.assert_allclose(
+        base, GNNCostModel(blend_trials=None).predictor.predict(graphs), rtol=1e-5
+    )
+    unseen = ms.TuneContext(
+        mod=workload_module(_matmul(48, 32, 32)), target=target, task_name="new", num_threads=1
+    )
+    assert model.xgb_weight(unseen) == 0.0
+    np.testing.assert_allclose(
+        np.log(model.predict(unseen, candidates)), -(base - base.min()), rtol=1e-5, atol=1e-6
+    )
     # an XGB short of its warm-up samples (it would predict noise) has no say
     cold = GNNCostModel(model.predictor)  # warm-up: 100 samples
     cold._measured = dict(model._measured)
