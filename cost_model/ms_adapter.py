@@ -118,7 +118,12 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         candidates worse: MobileNetV2's six heaviest convs in NCHW, NHWC and NCHW16c, one round
         of 8 each in a row with one model, best of the round 87-222 us without fine-tuning and
         1.2-2.8x slower with it on the three tuned after an NCHW one (the NHWC 1x1 conv 247 us
-        against 87, six of its eight candidates near 1 ms)."""
+        against 87, six of its eight candidates near 1 ms). Within one layout it is a wash:
+        ResNet-18's eight heaviest NCHW convs in a row (`scripts/first_rounds.py`), first-round
+        bests summed 18.60 ms fine-tuned and 16.40 ms as loaded, per task 0.98x (geometric
+        mean); another eight of its convs, 14.16 against 9.76 ms. (Which model ranked a new
+        task's measured round better in hindsight is no guide: the fine-tuned one did on each
+        of those eight after the first, and a guide that followed that verdict summed 12.20.)"""
         import tvm_ffi
 
         if self._base is None or int(tvm_ffi.structural_hash(context.mod)) in self._seen:

@@ -368,3 +368,80 @@ def test_a_seed_in_a_layout_is_a_plan_name(every_kind):
     assert {g.layout for g in plan.groups} == {"NHWC"}  # every group here holds an activation
     with pytest.raises(AgoSearchError, match="seed plan 'tvm/NHCW': unknown layout"):
         resolve_plan(prepared, "tvm/NHCW")
+
+
+def patch_attention_model(path) -> str:
+    """A ViT in small: x (1, 3, 16, 16) -> a 4x4 patch conv -> 16 tokens of 16 features ->
+    one attention of 2 heads, whose (batch, heads, tokens, features) tensors are rank 4 too."""
+    conv, ws = _conv("patch", "x", 3, 16, 4, stride=4, seed=8)
+    nodes = [
+        conv,
+        helper.make_node("Reshape", ["patch", "tokens_shape"], ["flat"]),  # (1, 16, 16)
+        helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["tokens", "wq"], ["q"]),
+        helper.make_node("Reshape", ["q", "heads_shape"], ["qh"]),  # (1, 16, 2, 8)
+        helper.make_node("Transpose", ["qh"], ["q4"], perm=[0, 2, 1, 3]),  # (1, 2, 16, 8)
+        helper.make_node("Transpose", ["q4"], ["k4"], perm=[0, 1, 3, 2]),  # (1, 2, 8, 16)
+        helper.make_node("MatMul", ["q4", "k4"], ["scores"]),  # (1, 2, 16, 16)
+        helper.make_node("Softmax", ["scores"], ["attn"], axis=-1),
+        helper.make_node("MatMul", ["attn", "q4"], ["mixed"]),  # (1, 2, 16, 8)
+        helper.make_node("Transpose", ["mixed"], ["back"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["back", "out_shape"], ["out"]),  # (1, 16, 16)
+    ]
+    inits = [
+        *ws,
+        weight("wq", (16, 16), 9),
+        numpy_helper.from_array(np.array([1, 16, 16], np.int64), "tokens_shape"),
+        numpy_helper.from_array(np.array([1, 16, 2, 8], np.int64), "heads_shape"),
+        numpy_helper.from_array(np.array([1, 16, 16], np.int64), "out_shape"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16, 16])],
+        inits,
+    )
+    file = path / "patch_attention.onnx"
+    file.write_bytes(model.SerializeToString())
+    return str(file)
+
+
+def test_attention_tensors_are_no_images_and_keep_their_layout(tmp_path):
+    """Only images take a layout: the patch conv's tensors, not attention's rank-4
+    (batch, heads, tokens, features) ones, and a plan all in NHWC equals ORT with transforms
+    on images only."""
+    from ago_search.layout import image_nodes, touches_activation
+    from ago_search.plan import plan_borders
+
+    path = patch_attention_model(tmp_path)
+    imported = import_onnx(path)
+    legalized = legalize(imported.mod, TARGET)
+    graph = build_opgraph(imported.mod, target=TARGET, legalized=legalized)
+    images = image_nodes(graph)
+    ops = {n: str(graph.node(n)["op"]) for n in graph.order}
+    rank4 = {
+        n
+        for n in graph.order
+        if len(graph.node(n)["out_shape"]) == 4
+        or any(len(s) == 4 for s in graph.node(n)["in_shapes"])
+    }
+    conv = next(n for n in graph.order if "conv2d" in ops[n])
+    assert conv in images
+    # the reshape that reads the conv's image is in; everything after it is not
+    assert {n for n in graph.order if conv in graph.node(n)["inputs"]} <= images
+    attention = rank4 - images
+    assert any("matmul" in ops[n] for n in attention)
+    assert any("softmax" in ops[n] for n in attention)
+    assert not any(touches_activation(graph, n) for n in attention)
+
+    feeds = random_inputs(imported.inputs, seed=4)
+    reference = ort.InferenceSession(path).run(None, feeds)
+    default = tvm_default_groups(imported.mod, TARGET, graph, legalized)
+    plan = Plan.from_assignment(graph, default.node_group)
+    laid = _with_layouts(plan, ["NHWC"] * len(plan.groups))
+    executable = compile_plan(legalized, graph, laid, TARGET)
+    actual = run_executable(executable, [feeds[s.name] for s in imported.inputs])
+    checks = compare_outputs(actual, reference, imported.output_names)
+    assert all(c.ok for c in checks), checks
+    borders = plan_borders(graph, [g.nodes for g in laid.groups], ["NHWC"] * len(plan.groups))
+    assert all(b.tensor in images or b.tensor.startswith("input:") for b in borders)

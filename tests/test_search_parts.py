@@ -341,8 +341,9 @@ def test_a_group_that_cannot_take_a_layout_leaves_its_plans_unscored(squeezenet,
     assert FAILED_TASK in scorer.score(nhwc).unknown
 
 
-def test_each_layout_is_explored_until_it_has_a_calibration_of_its_own(squeezenet):
-    from ago_search.search.explore import exploration_tasks
+def test_each_layout_is_explored_until_it_has_a_calibration_of_its_own(squeezenet, monkeypatch):
+    from ago_search.search import explore
+    from ago_search.search.explore import exploration_tasks, roofline_work
     from ago_search.search.laid import LaidPartition
     from ago_search.search.score import MIN_KIND_TASKS
 
@@ -352,18 +353,35 @@ def test_each_layout_is_explored_until_it_has_a_calibration_of_its_own(squeezene
     scorer = PlanScorer(squeezenet, decent_trials=4)
     scorer.add_partitions([tvm, nhwc])
     plans = {"NCHW": tvm, "NHWC": nhwc}
-    # before any estimate: the heaviest tasks of each layout by FLOPs x calls, in rounds
-    picks = exploration_tasks(scorer, plans, per_kind=MIN_KIND_TASKS)
-    kinds = [scorer.kind_of(t.key) for t in picks]
-    assert kinds == ["NCHW", "NHWC"] * MIN_KIND_TASKS
-    for kind, plan in plans.items():
+
+    # before any estimate: the heaviest tasks of each layout by their roofline work x calls,
+    # in rounds across the layouts, taken in turns from the kernels bound by compute and by
+    # memory while each class holds `CLASS_SHARE` of the plan's work
+    def work_of(plan, kind):
         calls = scorer.tasks_of(plan)
-        own = [k for k in calls if scorer.kind_of(k) == kind]
-        work = {k: scorer.task(k).flops * calls[k] for k in own}
-        chosen = [t for t in picks if scorer.kind_of(t.key) == kind]
-        rest = [w for k, w in work.items() if k not in {t.key for t in chosen}]
-        assert min(work[t.key] for t in chosen) >= max(rest)
-        assert all(t.weight == calls[t.key] for t in chosen)
+        return {
+            k: (roofline_work(scorer.task(k))[0] * calls[k], roofline_work(scorer.task(k))[1])
+            for k in calls
+            if scorer.kind_of(k) == kind and scorer.task(k).flops > 0
+        }
+
+    for share in (1.01, 0.0):  # no class has a turn of its own; every class has
+        monkeypatch.setattr(explore, "CLASS_SHARE", share)
+        picks = exploration_tasks(scorer, plans, per_kind=MIN_KIND_TASKS)
+        kinds = [scorer.kind_of(t.key) for t in picks]
+        assert kinds == ["NCHW", "NHWC"] * MIN_KIND_TASKS
+        for kind, plan in plans.items():
+            calls = scorer.tasks_of(plan)
+            work = work_of(plan, kind)
+            chosen = [t.key for t in picks if scorer.kind_of(t.key) == kind]
+            assert all(t.weight == calls[t.key] for t in picks if t.key in chosen)
+            if share > 1:  # the heaviest, whatever bounds them
+                rest = [w for k, (w, _) in work.items() if k not in chosen]
+                assert min(work[k][0] for k in chosen) >= max(rest)
+            else:  # the heaviest bound by compute and the heaviest bound by memory
+                for bound in (False, True):
+                    mine = {k: w for k, (w, b) in work.items() if b == bound}
+                    assert [k for k in chosen if work[k][1] == bound] == [max(mine, key=mine.get)]
     # estimates: NHWC tasks predicted 4x slower than they measure, NCHW ones right
     keys = sorted(set(scorer.tasks_of(tvm)) | set(scorer.tasks_of(nhwc)))
     for i, key in enumerate(keys):

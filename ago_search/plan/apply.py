@@ -303,8 +303,9 @@ def _shape_of(expr: Any) -> list[int] | None:
 
 
 def _tensor_roles(unit: _Unit, graph: OpGraph, layout: Layout) -> list[tuple[Any, str]]:
-    """The tensors of a group stored in `layout`: the rank-4 activations (whose channels fit
-    the layout) and the weights of its NCHW/OIHW convs, as (var or constant, role).
+    """The tensors of a group stored in `layout`: the rank-4 activations of its nodes that
+    meet an image (`touches_activation`; whose channels fit the layout) and the weights of its
+    NCHW/OIHW convs, as (var or constant, role).
 
     A tensor a binding reads that is no plain `call_tir` (a tuple item, an alias, a call with
     symbolic shape arguments), or a tuple a call returns, stays as it is, and so does a tensor
@@ -332,11 +333,13 @@ def _tensor_roles(unit: _Unit, graph: OpGraph, layout: Layout) -> list[tuple[Any
             and isinstance(value.args[1], relax.Tuple)
             and isinstance(b.var.ty, relax.TensorType)
         )
-        if not plain:
+        node = node_by_index.get(index)
+        if not plain or (node is not None and not touches_activation(graph, node)):
+            # (a node that meets no image keeps its rank-4 tensors as they are: attention's
+            # (batch, heads, tokens, features); `plan_borders` reads them as NCHW too)
             kept.extend(relax.analysis.free_vars(value))
             kept.append(b.var)
             continue
-        node = node_by_index.get(index)
         conv = node is not None and _nchw_conv(graph.node(node))
         for k, arg in enumerate(value.args[1].fields):
             if conv and k == 1:

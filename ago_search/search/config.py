@@ -44,7 +44,8 @@ class SearchConfig:
     explore_tasks: before the first leader is chosen, this many of the heaviest tasks of
     TVM's fusion in each layout get one round of `decent_trials` (8) candidates, so each layout's
     estimates are calibrated on measurements of its own before plans of different layouts are
-    compared (0: no exploration); explore_share_of_budget: the most of the budget that takes.
+    compared (0: no exploration; None: as many as `explore_share_of_budget` holds rounds for,
+    2 to 6 a layout); explore_share_of_budget: the most of the budget that takes.
     The shipped GNN learned on NCHW kernels: it scored MobileNetV2's TVM fusion in NHWC 20.9 ms
     and in NCHW 7.8 ms, while NHWC timed faster; a layout's own calibration starts only once
     `score.MIN_KIND_TASKS` of its tasks are tuned, which never happens to a layout no leader
@@ -84,7 +85,7 @@ class SearchConfig:
     layouts: bool = True
     project: bool = True
     seed_wait_s: float = 90.0
-    explore_tasks: int = 2
+    explore_tasks: int | None = None
     profile_runs: int = 10
     explore_share_of_budget: float = 0.15
     divide: bool = True

@@ -55,7 +55,7 @@ from ago_search.search.explore import exploration_tasks, seed_kind
 from ago_search.search.finish import PlanMeasurement, measure_plan, search_summary
 from ago_search.search.laid import LaidPartition
 from ago_search.search.regions import Regions
-from ago_search.search.score import PlanScore, PlanScorer
+from ago_search.search.score import MIN_KIND_TASKS, PlanScore, PlanScorer
 from ago_search.search.searcher import PlanSearcher, Suggestion
 from ago_search.search.space import PlanSpace
 from ago_search.search.state import OutputFolder, SearchState, write_json_atomic
@@ -71,6 +71,10 @@ LAYOUT_SEED_BASES = ("tvm", "dnnfusion")
 # end-to-end timings); the 1-h MobileNetV2 search measured 0.95 candidates/s over its budget
 TUNING_SHARE = 0.85
 EXPLORED_WAIT_S = 45.0
+# the most tasks a layout is explored with (`_Search._explore_per_layout`)
+MAX_EXPLORE_TASKS = 6
+# no layout is explored when the nodes layouts change hold less of the model's FLOPs
+MIN_LAYOUT_SHARE = 0.1
 
 
 @dataclass
@@ -447,8 +451,10 @@ class _Search:
         once, when the exploration's share of the budget holds a round for each; none when the
         model has one layout only (no rank-4 activations: TVM's fusion is the same plan in
         every layout)."""
-        if self.config.explore_tasks <= 0 or not self.space.layouts or self.leader is not None:
+        if self.config.explore_tasks == 0 or not self.space.layouts or self.leader is not None:
             return {}
+        if self.space.layout_share < MIN_LAYOUT_SHARE:
+            return {}  # a ViT: its layouts' plans differ in the patch embedding only
         if self._explore_plans is None:
             plans: dict[str, LaidPartition] = {}
             seen: set[str] = set()
@@ -467,11 +473,23 @@ class _Search:
         if not todo:
             return {}
         left = self._exploration_cap() - self.state.exploration_s
-        if left < len(todo) * self.config.explore_tasks * self._explore_round_s():
+        if left < len(todo) * self._explore_per_layout(len(plans)) * self._explore_round_s():
             # not enough tasks of every layout for a calibration of its own (a 5-min
             # MobileNetV2 search explored 2 of each and calibrated none): none explored
             return {}
         return todo
+
+    def _explore_per_layout(self, layouts: int) -> int:
+        """Tasks explored in each layout: `explore_tasks`, or when that is None as many as the
+        exploration's share of the budget holds rounds for, from `MIN_KIND_TASKS` (a
+        calibration of its own) to `MAX_EXPLORE_TASKS`: 2 at 10 minutes, 6 at an hour. Two
+        tasks a layout fix its calibration no better than the spread of the cost model's
+        errors (a median of two draws 0.5-1 apart in log), and the first leader decides most
+        of a search."""
+        if self.config.explore_tasks is not None:
+            return self.config.explore_tasks
+        rounds = self._exploration_cap() / (max(1, layouts) * self._explore_round_s())
+        return max(MIN_KIND_TASKS, min(MAX_EXPLORE_TASKS, int(rounds)))
 
     def _exploration_cap(self) -> float:
         return self.config.explore_share_of_budget * self.budget.total
@@ -484,14 +502,15 @@ class _Search:
         return self.round_s * self.scorer.decent_trials / self.config.round_trials + 3.0
 
     def _explore(self, plans: dict[str, LaidPartition]) -> None:
-        """Tune one round of the `explore_tasks` heaviest tasks of TVM's fusion in each layout
+        """Tune one round of the `_explore_per_layout` heaviest tasks of TVM's fusion in each layout
         of `plans` (`search.explore`), so each layout's estimates have a calibration of their
         own before the first leader is chosen; the seeds' estimates go on beside it. As many
         tasks as the exploration's time holds rounds for, the heaviest of every layout
         first."""
         kinds = sorted(plans)
         self.scorer.add_partitions(plans.values())
-        tasks = exploration_tasks(self.scorer, plans, self.config.explore_tasks, self.untunable)
+        per_layout = self._explore_per_layout(len(plans))
+        tasks = exploration_tasks(self.scorer, plans, per_layout, self.untunable)
         left = self._exploration_cap() - self.state.exploration_s
         tasks = tasks[: int(left // self._explore_round_s())]
         if not tasks:

@@ -7,8 +7,9 @@ gets there, so its plans were compared on raw estimates, and the shipped GNN lea
 kernels: it scored MobileNetV2's TVM fusion in NHWC 20.9 ms and in NCHW 7.8 ms, while NHWC timed
 faster. So at the start of a search, while the seeds are still being estimated (one core busy,
 the other idle), the heaviest tasks of TVM's fusion in each layout get one short round each
-(`exploration_tasks`); every layout then has a calibration of its own before the first leader
-is chosen.
+(`exploration_tasks`: heaviest by the roofline's bound, from the kernels bound by compute and
+those bound by memory in turns); every layout then has a calibration of its own before the
+first leader is chosen.
 """
 
 from __future__ import annotations
@@ -19,12 +20,47 @@ from ago_search.schedule.tasks import Task
 from ago_search.search.laid import LaidPartition
 from ago_search.search.score import PlanScorer
 
-__all__ = ["exploration_tasks", "seed_kind"]
+__all__ = ["exploration_tasks", "roofline_work", "seed_kind"]
 
 
 def seed_kind(name: str) -> str:
     """The layout a seed is in, by its name: "tvm/NHWC" -> "NHWC", "dnnfusion" -> "NCHW"."""
     return name.partition("/")[2] or "NCHW"
+
+
+# FLOPs a core does in the time it moves one byte from memory (the order of magnitude of the
+# x86 and Arm cores here: 100-200 GFLOP/s a socket against 10-20 GB/s): a kernel with fewer
+# FLOPs a byte is bound by memory, its time the bytes it moves
+MACHINE_BALANCE = 10.0
+# a class of kernels (bound by memory, bound by compute) with at least this share of a plan's
+# work has a task of its own among each layout's explored tasks
+CLASS_SHARE = 0.2
+
+
+def task_bytes(task: Task) -> float:
+    """Bytes a call of the task reads and writes at least: its arguments, once each."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    total = 0.0
+    for info in ArgInfo.from_prim_func(task.prim_func):
+        count = 1
+        for extent in info.shape:
+            count *= int(extent)
+        total += count * _dtype_bits(str(info.dtype)) / 8
+    return total
+
+
+def _dtype_bits(dtype: str) -> int:
+    """Bits of a TVM dtype name ("float32" -> 32, "bool" -> 8)."""
+    digits = "".join(c for c in dtype if c.isdigit())
+    return int(digits.split("x")[0]) if digits else 8
+
+
+def roofline_work(task: Task) -> tuple[float, bool]:
+    """One call's work in bytes moved (`MACHINE_BALANCE` FLOPs count as one byte) and whether
+    memory bounds it: the roofline's lower bound on its time, known before any estimate."""
+    moved = task_bytes(task)
+    return max(task.flops / MACHINE_BALANCE, moved), task.flops < MACHINE_BALANCE * moved
 
 
 def exploration_tasks(
@@ -35,10 +71,15 @@ def exploration_tasks(
 ) -> list[Task]:
     """The tasks to explore, as tasks with their calls as weight: for each layout (`seeds`:
     layout -> a plan in it, TVM's fusion in that layout) with fewer than `per_kind` tuned tasks,
-    its heaviest tasks in that plan (FLOPs x calls: known before any estimate), as many as it
-    lacks. Left out: tasks tuned already, tasks in `skip` (known untunable), and other layouts'
-    tasks in a plan (its rank-2 groups, its transforms). In rounds across the layouts (the
-    heaviest of each, then the second of each, ...), so a run cut short covers every layout."""
+    its heaviest tasks in that plan (`roofline_work` x calls: known before any estimate), as
+    many as it lacks, taken in turns from the kernels bound by compute and those bound by
+    memory while each class holds `CLASS_SHARE` of the plan's work (MobileNetV2's depthwise
+    convs move as many bytes as its 1x1 convs do FLOPs, and the cost model misjudges the two
+    differently across layouts: a calibration from two 1x1 convs spoke for its depthwise
+    convs too). Left out: tasks tuned already, tasks in `skip` (known untunable), and other
+    layouts' tasks in a plan (its rank-2 groups, its transforms). In rounds across the layouts
+    (the heaviest of each, then the second of each, ...), so a run cut short covers every
+    layout."""
     import dataclasses
 
     columns: list[list[Task]] = []
@@ -46,7 +87,7 @@ def exploration_tasks(
         need = per_kind - scorer.tuned_of_kind(kind)
         if need <= 0:
             continue
-        weighed = []
+        classes: dict[bool, list[tuple[float, str, int]]] = {False: [], True: []}
         for key, calls in scorer.tasks_of(partition).items():
             if not scorer.has_task(key) or key in skip:
                 continue  # a group no kernel can be made for in this layout; untunable
@@ -54,11 +95,22 @@ def exploration_tasks(
                 continue
             task = scorer.task(key)
             if task.flops > 0:
-                weighed.append((task.flops * calls, key, calls))
-        weighed.sort(reverse=True)
-        columns.append(
-            [dataclasses.replace(scorer.task(k), weight=n) for _, k, n in weighed[:need]]
-        )
+                work, memory_bound = roofline_work(task)
+                classes[memory_bound].append((work * calls, key, calls))
+        total = sum(w for members in classes.values() for w, _, _ in members)
+        turns = [
+            sorted(members, reverse=True)
+            for members in classes.values()
+            if members and sum(w for w, _, _ in members) >= CLASS_SHARE * total
+        ] or [sorted(w for members in classes.values() for w in members)[::-1]]
+        turns.sort(key=lambda members: members[0][0], reverse=True)  # the heaviest class first
+        picked: list[tuple[str, int]] = []
+        while len(picked) < need and any(turns):
+            for members in turns:
+                if members and len(picked) < need:
+                    _, key, calls = members.pop(0)
+                    picked.append((key, calls))
+        columns.append([dataclasses.replace(scorer.task(k), weight=n) for k, n in picked])
     picks: dict[str, Task] = {}
     for row in range(max((len(c) for c in columns), default=0)):
         for column in columns:

@@ -32,6 +32,7 @@ Partition moves keep every node's layout (`LaidPartition.with_partition`).
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,9 +82,17 @@ class PlanSpace:
         self.limits = limits or GroupLimits()
         self.regions = regions  # moves keep every group inside its region (search/regions.py)
         self.layouts = tuple(lay for lay in layouts if lay != "NCHW")  # besides the default
-        # nodes that write or read a rank-4 activation: a group holding one can take a layout
-        # (a flatten after the global pool too: else it reads NCHW, a transform before it)
+        # nodes that write or read an image: a group holding one can take a layout (a flatten
+        # after the global pool too: else it reads NCHW, a transform before it)
         self._laid_nodes = frozenset(n for n in graph.order if touches_activation(graph, n))
+
+    @functools.cached_property
+    def layout_share(self) -> float:
+        """The share of the model's FLOPs in nodes a layout changes (ResNet-18 all of them,
+        a ViT its patch embedding's 2 %, BERT none)."""
+        total = sum(float(self.graph.node(n)["flops"] or 0.0) for n in self.graph.order)
+        laid = sum(float(self.graph.node(n)["flops"] or 0.0) for n in self._laid_nodes)
+        return laid / total if total > 0 else 0.0
 
     def _same_region(self, partition: Partition, *groups: int) -> bool:
         if self.regions is None:
