@@ -488,7 +488,10 @@ class _Search:
         of a search."""
         if self.config.explore_tasks is not None:
             return self.config.explore_tasks
-        rounds = self._exploration_cap() / (max(1, layouts) * self._explore_round_s())
+        # counted at twice `_explore_round_s`: the first rounds of new tasks took 12-17 s each
+        # in the 10-min CNN searches (their design-space probes, the first builds), and a
+        # 10-min MobileNetV2 search counted at 8 s went for 3 tasks a layout, 9 rounds
+        rounds = self._exploration_cap() / (max(1, layouts) * 2 * self._explore_round_s())
         return max(MIN_KIND_TASKS, min(MAX_EXPLORE_TASKS, int(rounds)))
 
     def _exploration_cap(self) -> float:
