@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping
 
+from ago_search.graph import tensor_bytes
 from ago_search.schedule.tasks import Task
 from ago_search.search.laid import LaidPartition
 from ago_search.search.score import PlanScorer
@@ -41,19 +42,12 @@ def task_bytes(task: Task) -> float:
     """Bytes a call of the task reads and writes at least: its arguments, once each."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    total = 0.0
-    for info in ArgInfo.from_prim_func(task.prim_func):
-        count = 1
-        for extent in info.shape:
-            count *= int(extent)
-        total += count * _dtype_bits(str(info.dtype)) / 8
-    return total
-
-
-def _dtype_bits(dtype: str) -> int:
-    """Bits of a TVM dtype name ("float32" -> 32, "bool" -> 8)."""
-    digits = "".join(c for c in dtype if c.isdigit())
-    return int(digits.split("x")[0]) if digits else 8
+    return float(
+        sum(
+            tensor_bytes([int(d) for d in info.shape], str(info.dtype))
+            for info in ArgInfo.from_prim_func(task.prim_func)
+        )
+    )
 
 
 def roofline_work(task: Task) -> tuple[float, bool]:
