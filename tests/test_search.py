@@ -78,7 +78,7 @@ def _wait_for_records(db: Path, more_than: int, timeout: float, proc=None) -> in
 def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block_path, tmp_path):
     out = tmp_path / "out"
     db = out / "tuning.db"
-    budget = 100.0  # a run starts in ~20 s (Ray, the estimators, the GNN's first compile)
+    budget = 75.0  # a run starts in ~20 s (Ray, the estimators, the GNN's first compile)
 
     # Ctrl-C: stops within seconds, exit 130, state and measurements kept
     proc = subprocess.Popen(_search_script(block_path, out, budget), stderr=subprocess.PIPE)
@@ -114,9 +114,10 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
     assert summary["latency_s"]["ago_search"] > 0
     assert summary["plans_scored"] >= 3  # at least the three seeds
     assert summary["measurements"] == len(records)
-    # every verified end-to-end timing timed the plan's kernels inside the model too
+    # every verified end-to-end timing timed the plan's kernels inside the model too (the
+    # final build's at least: on a slow machine a 75-s search may time no leader before it)
     timed = [e for e in summary["end_to_end"] if e["verified"]]
-    assert timed, summary["end_to_end"]
+    assert [e for e in timed if e.get("final")], summary["end_to_end"]
     assert all(e["kernels_in_model_s"] > 0 and e["kernels_alone_s"] > 0 for e in timed)
 
     # the deployable library: the TVM runtime alone loads it and computes ORT's outputs
@@ -151,7 +152,7 @@ def test_search_on_a_two_node_ray_cluster(block_path, tmp_path):
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
         result = api.search(
             block_path,
-            40.0,
+            25.0,
             out=tmp_path / "out",
             progress=False,
             slice_s=6.0,

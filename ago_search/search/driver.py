@@ -174,7 +174,9 @@ class _Search:
         self.leader: LaidPartition | None = None
         self.leader_key = self.state.leader
         self.last_end_to_end: dict[str, float] = {
-            e["plan"]: e["predicted_s"] for e in self.state.end_to_end
+            e["plan"]: e["predicted_s"]
+            for e in self.state.end_to_end
+            if e.get("predicted_s") is not None and not e.get("final")
         }
         self.slices = 0
         self.counters = _Counters(measurements_before=len(self.store))
@@ -889,8 +891,31 @@ class _Search:
     def _finish(self) -> dict[str, Any]:
         partition = self._best_partition()
         planned = self._planned(partition)
+        score = self.scorer.score(partition)
+        started = time.monotonic()
         final = measure_plan(
-            planned, self.store, self.device, self.config.protocol, tvm_default=True
+            planned,
+            self.store,
+            self.device,
+            self.config.protocol,
+            tvm_default=True,
+            profile_runs=self.config.profile_runs,
+        )
+        # the final build is one more plan timed end to end: its prediction for the score's
+        # rank correlation, its kernels inside the model (a short search may time no leader)
+        self.state.end_to_end.append(
+            {
+                "plan": partition.fingerprint(),
+                "predicted_s": None if score.unknown else score.seconds,
+                "measured_s": final.seconds,
+                "verified": final.verified,
+                "errors": list(final.errors),
+                "at_s": self.budget.spent,
+                "time": time.time(),
+                "seconds": time.monotonic() - started,
+                "final": True,
+                **self._learn_in_model(planned, final),
+            }
         )
         ours = final.seconds
         best = self.state.best

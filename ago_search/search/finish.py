@@ -156,7 +156,9 @@ def search_summary(
     pairs = [
         (e["predicted_s"], e["measured_s"])
         for e in state.end_to_end
-        if e.get("measured_s") is not None and e.get("verified")
+        if e.get("measured_s") is not None
+        and e.get("predicted_s") is not None
+        and e.get("verified")
     ]
     return {
         "model": model,
