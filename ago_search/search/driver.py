@@ -249,6 +249,7 @@ class _Search:
                     continue
                 self._choose_leader()
                 if self.leader is None:
+                    self._explore_while_waiting()
                     continue
                 self._tune_leader(self._reserve())
                 self._collect(pool, wait=0.0)
@@ -423,29 +424,37 @@ class _Search:
         search took TVM's NCHW fusion before any score (23 ms predicted) and tuned it through,
         while its own seeds in NHWC and NCHW16c, scored 50 s later, were predicted 14.8 and
         13.0 ms."""
+        return self._seed_wait_left() > 0
+
+    def _seed_wait_left(self) -> float:
+        """Seconds the first leader still waits for the seeds' scores (<= 0: none)."""
         if not any(s.origin.startswith("seed:") for s in self.pending):
-            return False
+            return 0.0
         # the time spent exploring layouts is not waiting: the estimates go on beside it, but
         # slower (the exploration's builds share the cores), and a layout whose seeds come
         # late would never lead
         waited = time.monotonic() - self.run_started - self.explored_s
-        return waited < min(self.config.seed_wait_s, 0.1 * self.config.budget_s)
+        return min(self.config.seed_wait_s, 0.1 * self.config.budget_s) - waited
 
     def _waiting_for_explored(self) -> bool:
         """Whether the first leader waits for the explored tasks' estimates (at most
         `EXPLORED_WAIT_S` after the exploration): without them the exploration calibrates no
         layout (a 10-min ResNet-18 search explored 9 tasks in 95 s, and its single estimator,
         still on the seeds' tasks, had estimated none of them when the leader was chosen)."""
-        if not self.explored_keys or self.explored_at is None:
-            return False
-        estimates = self.scorer.estimates()
-        missing = [k for k in self.explored_keys if k not in estimates]
-        if not missing:
-            return False
-        if time.monotonic() - self.explored_at < EXPLORED_WAIT_S:
-            log.debug("waiting for the estimates of %d explored tasks", len(missing))
+        if self._explored_wait_left() > 0:
+            log.debug("waiting for the estimates of the explored tasks")
             return True
         return False
+
+    def _explored_wait_left(self) -> float:
+        """Seconds the first leader still waits for the explored tasks' estimates (<= 0:
+        none)."""
+        if not self.explored_keys or self.explored_at is None:
+            return 0.0
+        estimates = self.scorer.estimates()
+        if all(k in estimates for k in self.explored_keys):
+            return 0.0
+        return EXPLORED_WAIT_S - (time.monotonic() - self.explored_at)
 
     def _layouts_to_explore(self) -> dict[str, LaidPartition]:
         """Layout -> TVM's fusion in it (as the searcher fits it to the limits), for the
@@ -531,6 +540,26 @@ class _Search:
         # search's took 16 s, not 8: the design-space probes, the first builds): the last one
         # is let finish, or its layout has one tuned task and no calibration of its own
         deadline = min(started + 1.5 * left, self.budget.deadline(self._reserve()))
+        log.info(
+            "exploring layouts %s: a round of %d candidates on each of %d tasks",
+            ", ".join(kinds),
+            self.scorer.decent_trials,
+            len(tasks),
+        )
+        try:
+            wall_s = self._explore_round(tasks, deadline, self._explore_stop)
+        finally:
+            # once tried, a layout is not explored again, even if a task of it failed (its
+            # tasks are tuned like any other once a plan of it leads)
+            self.state.explored.extend(kinds)
+            self.explored_s += time.monotonic() - started
+            self.state.exploration_s += time.monotonic() - started
+            self.explored_at = time.monotonic()
+        log.info("explored %s in %.0f s", ", ".join(kinds), wall_s)
+
+    def _explore_round(self, tasks: list[Task], deadline: float, stop: Callable[[], bool]) -> float:
+        """One round of `decent_trials` candidates on each of `tasks` (what the scorer counts
+        as tuned); the wall seconds it took."""
         trials = self.scorer.decent_trials
         before = sum(r.trials for r in task_results(self.store, tasks, self.device.key))
         config = TuningConfig(
@@ -541,32 +570,59 @@ class _Search:
             trials_per_round=trials,  # one round of `decent_trials` each: tuned, for the score
             max_round_trials=trials,
         )
-        log.info(
-            "exploring layouts %s: a round of %d candidates on each of %d tasks",
-            ", ".join(kinds),
-            trials,
-            len(tasks),
+        report = self.session.tune(
+            tasks, config, cost_model=self.guide, deadline=deadline, stop=stop
         )
-        try:
-            report = self.session.tune(
-                tasks,
-                config,
-                cost_model=self.guide,
-                deadline=deadline,
-                stop=self._explore_stop,
-            )
-        finally:
-            # once tried, a layout is not explored again, even if a task of it failed (its
-            # tasks are tuned like any other once a plan of it leads)
-            self.state.explored.extend(kinds)
-            self.explored_s += time.monotonic() - started
-            self.state.exploration_s += time.monotonic() - started
-            self.explored_at = time.monotonic()
         for result in report.tasks:
             self.scorer.set_measured(result.key, result.best_seconds, result.trials)
             self._note_failing(result.key, result.best_seconds, result.trials)
         # (`round_s` is left alone: this run's time holds the tasks' design-space probes)
-        log.info("explored %s in %.0f s", ", ".join(kinds), report.wall_s)
+        return report.wall_s
+
+    def _explore_while_waiting(self) -> None:
+        """While the first leader waits for estimates (the seeds', the explored tasks'), the
+        measuring core would sit idle (a 10-min ResNet-18 search waited 55 s after its
+        exploration, its one estimator on the other core): a round on the next heaviest
+        task of each explored layout instead, as many as the wait holds, so each layout's
+        calibration rests on more tasks, tasks TVM's fusion in that layout shares with most
+        plans of it. The wait's clock runs on; the leader is chosen when it ends."""
+        plans = self._explore_plans
+        if (
+            self.leader is not None
+            or self.config.explore_tasks == 0
+            or not plans
+            or len(plans) < 2
+            or any(kind not in self.state.explored for kind in plans)
+        ):
+            return
+        left = min(
+            max(self._seed_wait_left(), self._explored_wait_left()),
+            self.budget.left - self._reserve(),
+        )
+        round_s = self._explore_round_s()
+        if left < round_s:
+            return
+        per_kind = 1 + max(self.scorer.tuned_of_kind(kind) for kind in plans)
+        tasks = exploration_tasks(self.scorer, plans, per_kind, self.untunable)
+        tasks = tasks[: int(left // round_s)]
+        if not tasks:
+            return
+
+        def stop() -> bool:
+            self._explore_stop()
+            waiting = self._seed_wait_left() > 0 or self._explored_wait_left() > 0
+            return self.stop_requested or not waiting
+
+        started = time.monotonic()
+        try:
+            wall_s = self._explore_round(tasks, started + left, stop)
+        finally:
+            self.state.exploration_s += time.monotonic() - started
+        log.info(
+            "explored %d more tasks while the first leader waited for estimates, in %.0f s",
+            len(tasks),
+            wall_s,
+        )
 
     def _explore_stop(self) -> bool:
         """Asked before each exploration round: the estimates are collected (and the queued
