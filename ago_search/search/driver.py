@@ -145,17 +145,22 @@ class _Search:
             self.space.regions = regions
             seeds = {name: regions.cut(p) for name, p in seeds.items()}
             log.info("divide and conquer: %d regions", regions.count)
-        laid_seeds = {name: LaidPartition(p) for name, p in seeds.items()}
+        # TVM's and DNNFusion's fusion in one layout: plan-wide layouts, the search's start
+        # for layouts (MobileNetV2's searches kept DNNFusion's NCHW plan, which had no layout
+        # seed, while TVM's fusion timed faster in NHWC than in NCHW). In the order their
+        # tasks are estimated: TVM's in every layout, DNNFusion's, the intensive seed last (it
+        # led no search, and its many-conv groups cost the most to estimate: the 10-min
+        # searches of the layouts benchmark chose their first leader with three of the seven
+        # seeds not scored yet, DNNFusion's in NHWC and NCHW16c among them)
+        laid_seeds: dict[str, LaidPartition] = {}
         for base in LAYOUT_SEED_BASES:
-            # TVM's and DNNFusion's fusion in one layout: plan-wide layouts, the search's start
-            # for layouts (MobileNetV2's searches kept DNNFusion's NCHW plan, which had no
-            # layout seed, while TVM's fusion timed faster in NHWC than in NCHW); TVM's first,
-            # so a short budget's wait for the seeds' scores has them
+            laid_seeds[base] = seed = LaidPartition(seeds[base])
             for layout in self.space.layouts:
-                seed = laid_seeds[base]
                 laid_seeds[f"{base}/{layout}"] = seed.with_layout(
                     self.space.layout_groups(seed), layout
                 )
+        for name, partition in seeds.items():
+            laid_seeds.setdefault(name, LaidPartition(partition))
         seeds = laid_seeds
         self.seeds = seeds
         self.searcher = PlanSearcher(self.space, seeds, seed=config.seed)
