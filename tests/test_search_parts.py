@@ -399,6 +399,15 @@ def test_each_layout_is_explored_until_it_has_a_calibration_of_its_own(squeezene
     assert scorer.task_seconds(untuned) == (pytest.approx(raw * 0.25), False)
     # every layout has its calibration now: nothing more to explore
     assert exploration_tasks(scorer, plans, per_kind=MIN_KIND_TASKS) == []
+    # one more a layout (what the search explores while its first leader waits for
+    # estimates): each layout's next heaviest, in rounds across the layouts
+    more = exploration_tasks(scorer, plans, per_kind=MIN_KIND_TASKS + 1)
+    assert [scorer.kind_of(t.key) for t in more] == ["NCHW", "NHWC"]
+    assert not {t.key for t in more} & {t.key for t in picks}
+    for task in more:
+        kind = scorer.kind_of(task.key)
+        rest = [w for k, (w, _) in work_of(plans[kind], kind).items() if not scorer.is_final(k)]
+        assert work_of(plans[kind], kind)[task.key][0] == max(rest)
 
 
 def test_a_tuned_tasks_late_estimate_calibrates(squeezenet):

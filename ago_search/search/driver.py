@@ -45,6 +45,7 @@ from ago_search.pipeline import SEED_NAMES, PlannedModel, plan_model, prepare_mo
 from ago_search.plan import cancelled_borders, graph_fingerprint
 from ago_search.schedule.config import TuningConfig
 from ago_search.schedule.results import task_results
+from ago_search.schedule.scheduler import first_pass_round
 from ago_search.schedule.tasks import Task
 from ago_search.schedule.tune import TuningSession
 from ago_search.search.budget import Budget, format_duration
@@ -70,6 +71,8 @@ LAYOUT_SEED_BASES = ("tvm", "dnnfusion")
 # the share of the wall time that goes to tuning runs from here on (the rest: estimating,
 # end-to-end timings); the 1-h MobileNetV2 search measured 0.95 candidates/s over its budget
 TUNING_SHARE = 0.85
+# the share of the measurements left the first pass over the leader's untried tasks may take
+FIRST_PASS_SHARE = 0.75
 EXPLORED_WAIT_S = 45.0
 # the most tasks a layout is explored with (`_Search._explore_per_layout`)
 MAX_EXPLORE_TASKS = 6
@@ -142,17 +145,22 @@ class _Search:
             self.space.regions = regions
             seeds = {name: regions.cut(p) for name, p in seeds.items()}
             log.info("divide and conquer: %d regions", regions.count)
-        laid_seeds = {name: LaidPartition(p) for name, p in seeds.items()}
+        # TVM's and DNNFusion's fusion in one layout: plan-wide layouts, the search's start
+        # for layouts (MobileNetV2's searches kept DNNFusion's NCHW plan, which had no layout
+        # seed, while TVM's fusion timed faster in NHWC than in NCHW). In the order their
+        # tasks are estimated: TVM's in every layout, DNNFusion's, the intensive seed last (it
+        # led no search, and its many-conv groups cost the most to estimate: the 10-min
+        # searches of the layouts benchmark chose their first leader with three of the seven
+        # seeds not scored yet, DNNFusion's in NHWC and NCHW16c among them)
+        laid_seeds: dict[str, LaidPartition] = {}
         for base in LAYOUT_SEED_BASES:
-            # TVM's and DNNFusion's fusion in one layout: plan-wide layouts, the search's start
-            # for layouts (MobileNetV2's searches kept DNNFusion's NCHW plan, which had no
-            # layout seed, while TVM's fusion timed faster in NHWC than in NCHW); TVM's first,
-            # so a short budget's wait for the seeds' scores has them
+            laid_seeds[base] = seed = LaidPartition(seeds[base])
             for layout in self.space.layouts:
-                seed = laid_seeds[base]
                 laid_seeds[f"{base}/{layout}"] = seed.with_layout(
                     self.space.layout_groups(seed), layout
                 )
+        for name, partition in seeds.items():
+            laid_seeds.setdefault(name, LaidPartition(partition))
         seeds = laid_seeds
         self.seeds = seeds
         self.searcher = PlanSearcher(self.space, seeds, seed=config.seed)
@@ -249,6 +257,7 @@ class _Search:
                     continue
                 self._choose_leader()
                 if self.leader is None:
+                    self._explore_while_waiting()
                     continue
                 self._tune_leader(self._reserve())
                 self._collect(pool, wait=0.0)
@@ -423,29 +432,37 @@ class _Search:
         search took TVM's NCHW fusion before any score (23 ms predicted) and tuned it through,
         while its own seeds in NHWC and NCHW16c, scored 50 s later, were predicted 14.8 and
         13.0 ms."""
+        return self._seed_wait_left() > 0
+
+    def _seed_wait_left(self) -> float:
+        """Seconds the first leader still waits for the seeds' scores (<= 0: none)."""
         if not any(s.origin.startswith("seed:") for s in self.pending):
-            return False
+            return 0.0
         # the time spent exploring layouts is not waiting: the estimates go on beside it, but
         # slower (the exploration's builds share the cores), and a layout whose seeds come
         # late would never lead
         waited = time.monotonic() - self.run_started - self.explored_s
-        return waited < min(self.config.seed_wait_s, 0.1 * self.config.budget_s)
+        return min(self.config.seed_wait_s, 0.1 * self.config.budget_s) - waited
 
     def _waiting_for_explored(self) -> bool:
         """Whether the first leader waits for the explored tasks' estimates (at most
         `EXPLORED_WAIT_S` after the exploration): without them the exploration calibrates no
         layout (a 10-min ResNet-18 search explored 9 tasks in 95 s, and its single estimator,
         still on the seeds' tasks, had estimated none of them when the leader was chosen)."""
-        if not self.explored_keys or self.explored_at is None:
-            return False
-        estimates = self.scorer.estimates()
-        missing = [k for k in self.explored_keys if k not in estimates]
-        if not missing:
-            return False
-        if time.monotonic() - self.explored_at < EXPLORED_WAIT_S:
-            log.debug("waiting for the estimates of %d explored tasks", len(missing))
+        if self._explored_wait_left() > 0:
+            log.debug("waiting for the estimates of the explored tasks")
             return True
         return False
+
+    def _explored_wait_left(self) -> float:
+        """Seconds the first leader still waits for the explored tasks' estimates (<= 0:
+        none)."""
+        if not self.explored_keys or self.explored_at is None:
+            return 0.0
+        estimates = self.scorer.estimates()
+        if all(k in estimates for k in self.explored_keys):
+            return 0.0
+        return EXPLORED_WAIT_S - (time.monotonic() - self.explored_at)
 
     def _layouts_to_explore(self) -> dict[str, LaidPartition]:
         """Layout -> TVM's fusion in it (as the searcher fits it to the limits), for the
@@ -531,6 +548,26 @@ class _Search:
         # search's took 16 s, not 8: the design-space probes, the first builds): the last one
         # is let finish, or its layout has one tuned task and no calibration of its own
         deadline = min(started + 1.5 * left, self.budget.deadline(self._reserve()))
+        log.info(
+            "exploring layouts %s: a round of %d candidates on each of %d tasks",
+            ", ".join(kinds),
+            self.scorer.decent_trials,
+            len(tasks),
+        )
+        try:
+            wall_s = self._explore_round(tasks, deadline, self._explore_stop)
+        finally:
+            # once tried, a layout is not explored again, even if a task of it failed (its
+            # tasks are tuned like any other once a plan of it leads)
+            self.state.explored.extend(kinds)
+            self.explored_s += time.monotonic() - started
+            self.state.exploration_s += time.monotonic() - started
+            self.explored_at = time.monotonic()
+        log.info("explored %s in %.0f s", ", ".join(kinds), wall_s)
+
+    def _explore_round(self, tasks: list[Task], deadline: float, stop: Callable[[], bool]) -> float:
+        """One round of `decent_trials` candidates on each of `tasks` (what the scorer counts
+        as tuned); the wall seconds it took."""
         trials = self.scorer.decent_trials
         before = sum(r.trials for r in task_results(self.store, tasks, self.device.key))
         config = TuningConfig(
@@ -541,32 +578,59 @@ class _Search:
             trials_per_round=trials,  # one round of `decent_trials` each: tuned, for the score
             max_round_trials=trials,
         )
-        log.info(
-            "exploring layouts %s: a round of %d candidates on each of %d tasks",
-            ", ".join(kinds),
-            trials,
-            len(tasks),
+        report = self.session.tune(
+            tasks, config, cost_model=self.guide, deadline=deadline, stop=stop
         )
-        try:
-            report = self.session.tune(
-                tasks,
-                config,
-                cost_model=self.guide,
-                deadline=deadline,
-                stop=self._explore_stop,
-            )
-        finally:
-            # once tried, a layout is not explored again, even if a task of it failed (its
-            # tasks are tuned like any other once a plan of it leads)
-            self.state.explored.extend(kinds)
-            self.explored_s += time.monotonic() - started
-            self.state.exploration_s += time.monotonic() - started
-            self.explored_at = time.monotonic()
         for result in report.tasks:
             self.scorer.set_measured(result.key, result.best_seconds, result.trials)
             self._note_failing(result.key, result.best_seconds, result.trials)
         # (`round_s` is left alone: this run's time holds the tasks' design-space probes)
-        log.info("explored %s in %.0f s", ", ".join(kinds), report.wall_s)
+        return report.wall_s
+
+    def _explore_while_waiting(self) -> None:
+        """While the first leader waits for estimates (the seeds', the explored tasks'), the
+        measuring core would sit idle (a 10-min ResNet-18 search waited 55 s after its
+        exploration, its one estimator on the other core): a round on the next heaviest
+        task of each explored layout instead, as many as the wait holds, so each layout's
+        calibration rests on more tasks, tasks TVM's fusion in that layout shares with most
+        plans of it. The wait's clock runs on; the leader is chosen when it ends."""
+        plans = self._explore_plans
+        if (
+            self.leader is not None
+            or self.config.explore_tasks == 0
+            or not plans
+            or len(plans) < 2
+            or any(kind not in self.state.explored for kind in plans)
+        ):
+            return
+        left = min(
+            max(self._seed_wait_left(), self._explored_wait_left()),
+            self.budget.left - self._reserve(),
+        )
+        round_s = self._explore_round_s()
+        if left < round_s:
+            return
+        per_kind = 1 + max(self.scorer.tuned_of_kind(kind) for kind in plans)
+        tasks = exploration_tasks(self.scorer, plans, per_kind, self.untunable)
+        tasks = tasks[: int(left // round_s)]
+        if not tasks:
+            return
+
+        def stop() -> bool:
+            self._explore_stop()
+            waiting = self._seed_wait_left() > 0 or self._explored_wait_left() > 0
+            return self.stop_requested or not waiting
+
+        started = time.monotonic()
+        try:
+            wall_s = self._explore_round(tasks, started + left, stop)
+        finally:
+            self.state.exploration_s += time.monotonic() - started
+        log.info(
+            "explored %d more tasks while the first leader waited for estimates, in %.0f s",
+            len(tasks),
+            wall_s,
+        )
 
     def _explore_stop(self) -> bool:
         """Asked before each exploration round: the estimates are collected (and the queued
@@ -642,12 +706,14 @@ class _Search:
             return
         started = time.monotonic()
         deadline = min(started + self.config.slice_seconds(), self.budget.deadline(reserve))
-        before = sum(r.trials for r in task_results(self.store, tasks, self.device.key))
+        results = task_results(self.store, tasks, self.device.key)
+        before = sum(r.trials for r in results)
         config = TuningConfig(
             trials=before + 1_000_000,  # time ends the run, not a trial count
             seed=self.config.seed + self.slices,
             protocol=self.config.protocol,
             measure_untuned=False,  # the search scores tuned kernels; the untuned ones cost time
+            trials_per_round=self._first_pass_round(sum(1 for r in results if not r.trials)),
             max_round_trials=self.config.round_trials,
         )
         self.slices += 1
@@ -712,6 +778,20 @@ class _Search:
             self.scorer.calibration.offset,
             self.scorer.calibration.tasks,
         )
+
+    def _first_pass_round(self, untried: int) -> int | None:
+        """Candidates per round while the leader has `untried` tasks: as many as lets each of
+        them have a round in `FIRST_PASS_SHARE` of the measurements the budget holds, between
+        `decent_trials` and `round_trials` (None: `round_trials`, no task untried). A task left
+        untried runs its untuned kernel: a 10-min MobileNetV2 search led with a 41-task plan at
+        163 s, ran 530 candidates in rounds of 16 and ended at 11.98 ms."""
+        if not untried:
+            return None
+        trials_left = self._measurement_rate() * max(0.0, self.budget.left - self._reserve())
+        size = first_pass_round(
+            int(trials_left), untried, FIRST_PASS_SHARE, self.config.round_trials
+        )
+        return max(self.scorer.decent_trials, size)
 
     def _look(self, tasks: list[Task]) -> None:
         """Between two rounds of a tuning run: what was measured so far is known to the scorer,
