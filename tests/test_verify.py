@@ -123,6 +123,22 @@ def test_fixed_inputs_are_seeded_by_the_task() -> None:
     assert np.abs(first[0]).max() <= 1.0
 
 
+def _take_row() -> tvm.IRModule:
+    """x[i] with a 0-d index (the `take` of ViT's attention that picks q, k or v)."""
+    x = te.placeholder((3, N), name="x")
+    i = te.placeholder((), name="i", dtype="int64")
+    y = te.compute((N,), lambda j: x[i[()], j], name="y")
+    return workload_module(te.create_prim_func([x, i, y]))
+
+
+def test_a_scalar_argument_keeps_its_zero_dimensions() -> None:
+    args = [["TENSOR", "float32", [3, N]], ["TENSOR", "int64", []]]
+    assert fixed_inputs(args, 1)[1].shape == ()
+    reference = compute_reference(_take_row(), 1)
+    x, i, y = reference.outputs
+    np.testing.assert_array_equal(y, x[int(i)])
+
+
 def test_reference_is_the_untuned_kernel() -> None:
     reference = compute_reference(_matmul(), 7)
     a, b, c = reference.outputs

@@ -117,7 +117,9 @@ def fixed_inputs(args_info: ArgsInfo, seed: int) -> list[np.ndarray]:
             array = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
         else:
             raise NotImplementedError(f"argument {index}: no fixed inputs of dtype {dtype}")
-        arrays.append(np.ascontiguousarray(array))
+        # (not np.ascontiguousarray: it makes a 0-d argument, a `take`'s scalar index in
+        # ViT's attention, 1-d, and the kernel refuses it)
+        arrays.append(np.array(array, order="C"))
     return arrays
 
 
