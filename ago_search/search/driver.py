@@ -921,6 +921,27 @@ class _Search:
         )
         return {"kernels_in_model_s": inside, "kernels_alone_s": alone}
 
+    def _timing_entry(
+        self,
+        plan: str,
+        predicted_s: float | None,
+        planned: PlannedModel,
+        measured: PlanMeasurement,
+        seconds: float,
+    ) -> dict[str, Any]:
+        """`summary.json`'s record of one end-to-end timing (the in-model ratios learnt)."""
+        return {
+            "plan": plan,
+            "predicted_s": predicted_s,
+            "measured_s": measured.seconds,
+            "verified": measured.verified,
+            "errors": list(measured.errors),
+            "at_s": self.budget.spent,
+            "time": time.time(),  # the records measured by then are what it was built with
+            "seconds": seconds,
+            **self._learn_in_model(planned, measured),
+        }
+
     def _check_leader(self) -> None:
         assert self.leader is not None
         if not self._end_to_end_due():
@@ -937,17 +958,9 @@ class _Search:
         )
         self.end_to_end_s = time.monotonic() - started
         self.state.end_to_end_s = self.end_to_end_s
-        entry = {
-            "plan": self.leader_key,
-            "predicted_s": score.seconds,
-            "measured_s": measured.seconds,
-            "verified": measured.verified,
-            "errors": list(measured.errors),
-            "at_s": self.budget.spent,
-            "time": time.time(),  # the records measured by then are what it was built with
-            "seconds": self.end_to_end_s,
-            **self._learn_in_model(planned, measured),
-        }
+        entry = self._timing_entry(
+            self.leader_key or "", score.seconds, planned, measured, self.end_to_end_s
+        )
         timed = self.folder.timed_plan(self.leader_key or "")
         timed.parent.mkdir(exist_ok=True)
         planned.plan.save(timed)
@@ -991,20 +1004,14 @@ class _Search:
         )
         # the final build is one more plan timed end to end: its prediction for the score's
         # rank correlation, its kernels inside the model (a short search may time no leader)
-        self.state.end_to_end.append(
-            {
-                "plan": partition.fingerprint(),
-                "predicted_s": None if score.unknown else score.seconds,
-                "measured_s": final.seconds,
-                "verified": final.verified,
-                "errors": list(final.errors),
-                "at_s": self.budget.spent,
-                "time": time.time(),
-                "seconds": time.monotonic() - started,
-                "final": True,
-                **self._learn_in_model(planned, final),
-            }
+        entry = self._timing_entry(
+            partition.fingerprint(),
+            None if score.unknown else score.seconds,
+            planned,
+            final,
+            time.monotonic() - started,
         )
+        self.state.end_to_end.append({**entry, "final": True})
         ours = final.seconds
         best = self.state.best
         if (
