@@ -1103,6 +1103,7 @@ class _Search:
         )
         curve = self.scorer.curve
         summary["tuning_curve"] = {"slope": curve.slope, "tasks": curve.tasks}
+        summary["transfer"] = self.session.transfer.report()
         return summary
 
     # -- helpers ------------------------------------------------------------------------------
