@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep every group in the model's NCHW (default: a layout per group, searched)",
     )
     search.add_argument(
+        "--no-transfer",
+        action="store_true",
+        help="tune each task from its own schedules only (default: rounds open with similar "
+        "tasks' best schedules)",
+    )
+    search.add_argument(
         "--no-progress", action="store_true", help="no progress bar (log lines only)"
     )
 
@@ -365,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 cost_model=args.cost_model,
                 progress=not args.no_progress,
                 layouts=not args.no_layouts,
+                transfer=not args.no_transfer,
             )
             print(api.format_search(result))
             if result.interrupted:

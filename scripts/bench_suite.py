@@ -79,6 +79,7 @@ log = logging.getLogger("bench_suite")
 DEFAULT_MODELS = ("mobilenetv2", "resnet18", "bert_tiny", "squeezenet")
 METASCHEDULE, TUNE_TASKS, SEARCH = "metaschedule", "tune-tasks", "search"
 SEARCH_NCHW = "search-nchw"
+SEARCH_NO_TRANSFER = "search-no-transfer"
 LABELS = {
     ORT: "ONNX Runtime",
     TVM_DEFAULT: "TVM default",
@@ -86,6 +87,7 @@ LABELS = {
     TUNE_TASKS: "tune-tasks (TVM plan)",
     SEARCH: "ago-search",
     SEARCH_NCHW: "ago-search, NCHW only",
+    SEARCH_NO_TRANSFER: "ago-search, no transfer",
 }
 DEFAULT_METHODS = (METASCHEDULE, TUNE_TASKS, SEARCH)
 # A trial count tuning never reaches: the deadline ends it.
@@ -210,9 +212,12 @@ def build_tune_tasks(m: ModelRun) -> TunedBuild:
     return compile_from_db(m.planned, m.dir / "tune-tasks.db", m.host.key)
 
 
-def tune_search(m: ModelRun, cell: Cell, label: str = SEARCH, layouts: bool = True) -> None:
+def tune_search(
+    m: ModelRun, cell: Cell, label: str = SEARCH, layouts: bool = True, transfer: bool = True
+) -> None:
     """The search into `m.out_of(label)`; with `layouts=False` every group stays NCHW
-    (`--no-layouts`: what layouts are worth)."""
+    (`--no-layouts`: what layouts are worth); with `transfer=False` no task is handed other
+    tasks' schedules (what transfer tuning is worth)."""
     from ago_search import api
 
     result = api.search(
@@ -223,6 +228,7 @@ def tune_search(m: ModelRun, cell: Cell, label: str = SEARCH, layouts: bool = Tr
         seed=m.seed,
         progress=False,
         layouts=layouts,
+        transfer=transfer,
     )
     if result.interrupted:  # Ctrl-C inside the search: stop the suite, the cell stays open
         raise KeyboardInterrupt
@@ -249,6 +255,10 @@ METHODS: dict[str, tuple[Tune, Build]] = {
     SEARCH_NCHW: (
         partial(tune_search, label=SEARCH_NCHW, layouts=False),
         partial(build_search, label=SEARCH_NCHW),
+    ),
+    SEARCH_NO_TRANSFER: (
+        partial(tune_search, label=SEARCH_NO_TRANSFER, transfer=False),
+        partial(build_search, label=SEARCH_NO_TRANSFER),
     ),
 }
 
@@ -446,6 +456,7 @@ def summarize(results: list[dict]) -> dict[str, Any]:
 
     over_ms, over_tt = speedups(METASCHEDULE), speedups(TUNE_TASKS)
     over_nchw = speedups(SEARCH_NCHW)
+    over_no_transfer = speedups(SEARCH_NO_TRANSFER)
     beats = [
         r["model"]
         for r in results
@@ -459,6 +470,10 @@ def summarize(results: list[dict]) -> dict[str, Any]:
         "search_over_metaschedule": {"geomean": _geomean(over_ms), "models": len(over_ms)},
         "search_over_tune_tasks": {"geomean": _geomean(over_tt), "models": len(over_tt)},
         "layouts_over_nchw_only": {"geomean": _geomean(over_nchw), "models": len(over_nchw)},
+        "transfer_over_none": {
+            "geomean": _geomean(over_no_transfer),
+            "models": len(over_no_transfer),
+        },
         "search_beats_ort": {"models": beats, "count": len(beats), "of": len(results)},
     }
 
@@ -510,6 +525,12 @@ def markdown(results: list[dict], summary: dict[str, Any]) -> str:
             if summary.get("layouts_over_nchw_only", {}).get("models")
             else ""
         ),
+        +(
+            f" Transfer tuning over none: {_x(summary['transfer_over_none']['geomean'])} (over "
+            f"{summary['transfer_over_none']['models']})."
+            if summary.get("transfer_over_none", {}).get("models")
+            else ""
+        ),
         "",
         f"Budget {budget} of wall-clock time per method and model, {threads} threads. vs ORT / "
         "vs MetaSchedule: their latency / this latency (> 1: faster). Every build timed in one "
@@ -519,7 +540,7 @@ def markdown(results: list[dict], summary: dict[str, Any]) -> str:
     ]
     plans = []
     for result in results:
-        for label in (SEARCH, SEARCH_NCHW):
+        for label in (SEARCH, SEARCH_NCHW, SEARCH_NO_TRANSFER):
             plan = (result["methods"].get(label, {}).get("summary") or {}).get("plan")
             if plan:
                 layouts = ", ".join(f"{k} {v}" for k, v in sorted(plan["layouts"].items()))

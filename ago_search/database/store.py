@@ -410,6 +410,24 @@ class TuningDatabase:
         )
         return [record_from_row(row) for row in rows]
 
+    def best_traces(self, device_key: str, k: int = 1) -> dict[str, list[tuple[str, str]]]:
+        """task key -> (trace hash, trace JSON) of its k fastest ok records on a device, fastest
+        first, for every task at once: what other tasks of a run may borrow (`transfer`)."""
+        if k <= 0:
+            return {}
+        rows = self._query(
+            "SELECT task_key, trace_hash, trace_json FROM ("
+            " SELECT task_key, trace_hash, trace_json, ROW_NUMBER() OVER"
+            " (PARTITION BY task_key ORDER BY median, id) AS place"
+            " FROM records WHERE device_key = ? AND status = ?"
+            ") WHERE place <= ? ORDER BY task_key, place",
+            (device_key, Status.OK.value, k),
+        )
+        out: dict[str, list[tuple[str, str]]] = {}
+        for task_key, digest, trace_json in rows:
+            out.setdefault(task_key, []).append((digest, trace_json))
+        return out
+
     def workload_ids(self, target: Any | None = None) -> list[int]:
         """Ids of the workloads that tasks (of one target, or of any) are registered with."""
         sql = "SELECT DISTINCT workload_id FROM tasks WHERE workload_id IS NOT NULL"

@@ -37,6 +37,8 @@ class TuningConfig:
     seed: the search's random seed (None: random).
     warm_start_records: per task, best records of the database the cost model is trained on
         before the search (a resumed run's model starts from what was measured).
+    transfer: open a task's rounds with a few schedules of similar tasks measured on the device
+        (`schedule.transfer`; evolutionary search only).
     task_memory_limit, task_probe_timeout_s: the bytes of address space (None: 40 % of the
         machine's memory, at least 4 GiB) and seconds within which each task's design space
         must be generated and sampled before it is tuned (`schedule.probe`).
@@ -58,6 +60,7 @@ class TuningConfig:
     run_timeout_s: float | None = None  # None: the runner's default
     max_empty_rounds: int = 3
     warm_start_records: int = 64
+    transfer: bool = True
     task_memory_limit: int | None = None
     task_probe_timeout_s: float = 120.0
 

@@ -25,6 +25,7 @@ from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
 from ago_search.database import TuningDatabase, trace_hash
 from ago_search.schedule.config import TuningConfig
+from ago_search.schedule.transfer import DonorPool
 
 __all__ = ["SkipMeasured", "TrialBudget", "make_search_strategy"]
 
@@ -88,6 +89,8 @@ class SkipMeasured(PySearchStrategy):
     round goes out (the output check learns which task it is checking). budget: trials left
     to the run, shared by all tasks' searches (None: no limit here). Candidates of this run
     are remembered too, so a search that proposes one twice does not measure it twice.
+    transfer: other tasks' best schedules, a few of which open each round (`transfer`); the
+    round keeps its size.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class SkipMeasured(PySearchStrategy):
         on_round: Callable[[str], None] | None = None,
         max_empty_rounds: int = 3,
         budget: TrialBudget | None = None,
+        transfer: DonorPool | None = None,
     ) -> None:
         super().__init__()
         self.inner = inner
@@ -108,16 +112,23 @@ class SkipMeasured(PySearchStrategy):
         self.on_round = on_round
         self.max_empty_rounds = max_empty_rounds
         self.budget = budget
+        self.transfer = transfer
+        self._mod: Any = None
+        self._postprocs: list[Any] = []
+        self._spaces: list[Any] = []
         self.known: set[str] = set()
         self.skipped = 0
         self._empty_rounds = 0
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        self._mod = context.mod
+        self._postprocs = list(context.space_generator.postprocs or [])
         self.inner._initialize_with_tune_context(context)
 
     def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
         self.known = set(self.store.measured(self.task_key, self.device_key))
         self._empty_rounds = 0
+        self._spaces = list(design_spaces)
         self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
 
     def post_tuning(self) -> None:
@@ -130,7 +141,7 @@ class SkipMeasured(PySearchStrategy):
             candidates = self.inner.generate_measure_candidates()
             if candidates is None:
                 return None
-            fresh = []
+            fresh = self._borrowed(len(candidates))
             for candidate in candidates:
                 digest = trace_hash(candidate.sch.trace)
                 if digest in self.known:
@@ -138,6 +149,7 @@ class SkipMeasured(PySearchStrategy):
                     continue
                 self.known.add(digest)
                 fresh.append(candidate)
+            fresh = fresh[: max(len(candidates), 1)]
             if fresh:
                 if self.budget is not None:
                     fresh = fresh[: self.budget.take(len(fresh))]
@@ -151,6 +163,19 @@ class SkipMeasured(PySearchStrategy):
                 log.info("task %s: the search proposes only measured schedules", self.task_key)
                 return None
 
+    def _borrowed(self, round_size: int) -> list[Any]:
+        """Candidates made from other tasks' schedules for this round (none without a pool,
+        never an error: a transfer that fails is a round without it)."""
+        if self.transfer is None or self._mod is None or not self._spaces:
+            return []
+        try:
+            return self.transfer.candidates(
+                self.task_key, self._mod, self._spaces, self._postprocs, round_size, self.known
+            )
+        except Exception as err:  # noqa: BLE001 - a head start, never a reason to stop
+            log.warning("task %s: no schedules transferred: %s", self.task_key, err)
+            return []
+
     def notify_runner_results(self, measure_candidates, results) -> None:
         self.inner.notify_runner_results(measure_candidates, results)
 
@@ -163,4 +188,5 @@ class SkipMeasured(PySearchStrategy):
             self.on_round,
             self.max_empty_rounds,
             self.budget,
+            self.transfer,
         )

@@ -53,6 +53,7 @@ from ago_search.schedule.rules import space_generator
 from ago_search.schedule.scheduler import FirstPassScheduler, TaskPrior, first_pass_round
 from ago_search.schedule.strategy import SkipMeasured, TrialBudget, make_search_strategy
 from ago_search.schedule.tasks import Task
+from ago_search.schedule.transfer import DonorPool
 from ago_search.schedule.verify import ReferenceCheck
 
 if TYPE_CHECKING:
@@ -216,6 +217,7 @@ class TuningSession:
         self._probe: TaskProbe | None = None
         self.left_out: dict[str, str] = {}  # task key -> why it cannot be tuned
         self._warmed: set[tuple[int, str]] = set()  # (id of the cost model, task key)
+        self.transfer = DonorPool(self.store, device.key)  # kept: what each task was given
 
     def __enter__(self) -> TuningSession:
         return self
@@ -357,6 +359,9 @@ class TuningSession:
                 on_round=on_round,
                 max_empty_rounds=config.max_empty_rounds,
                 budget=budget,
+                transfer=(
+                    self.transfer if config.transfer and config.search == "evolutionary" else None
+                ),
             )
             for task in tasks
         ]

@@ -60,6 +60,7 @@ class SearchConfig:
     layouts: search a layout per group (`ago_search.layout.layout_choices` of the target:
     NCHW, NHWC, NCHW{lanes}c), with TVM's fusion in each layout among the seeds; False: NCHW
     only.
+    transfer: open tasks' rounds with similar tasks' best schedules (`schedule.transfer`).
     divide: divide and conquer (`search/regions.py`): regions at single-tensor cut points,
     each holding at least `region_min_complex` convs/matmuls; moves stay inside a region and
     the best of every region are joined.
@@ -83,6 +84,7 @@ class SearchConfig:
     end_to_end_share: float = 0.9
     first_pass_share: float = 0.5
     layouts: bool = True
+    transfer: bool = True
     project: bool = True
     seed_wait_s: float = 90.0
     explore_tasks: int | None = None

@@ -585,6 +585,7 @@ class _Search:
             measure_untuned=False,
             trials_per_round=trials,  # one round of `decent_trials` each: tuned, for the score
             max_round_trials=trials,
+            transfer=self.config.transfer,
         )
         report = self.session.tune(
             tasks, config, cost_model=self.guide, deadline=deadline, stop=stop
@@ -723,6 +724,7 @@ class _Search:
             measure_untuned=False,  # the search scores tuned kernels; the untuned ones cost time
             trials_per_round=self._first_pass_round(sum(1 for r in results if not r.trials)),
             max_round_trials=self.config.round_trials,
+            transfer=self.config.transfer,
         )
         self.slices += 1
         leader = self.leader
@@ -1103,6 +1105,7 @@ class _Search:
         )
         curve = self.scorer.curve
         summary["tuning_curve"] = {"slope": curve.slope, "tasks": curve.tasks}
+        summary["transfer"] = self.session.transfer.report()
         return summary
 
     # -- helpers ------------------------------------------------------------------------------

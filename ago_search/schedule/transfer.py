@@ -1,0 +1,296 @@
+"""Schedules handed between similar tasks of a run (transfer tuning).
+
+A plan's tasks are often the same anchor op in other clothes: ResNet's two 3x3 convs of a
+stage differ only in their epilogue (bias + ReLU, bias + residual + ReLU), its stages are the
+same conv at other sizes, MobileNetV2's blocks repeat one pattern at six widths. MetaSchedule
+tunes each as a stranger: its evolutionary search starts a task from the task's own records
+only (`PickBestFromDatabase` looks up one workload), so two siblings each pay for the same
+discovery.
+
+Here a task's round may carry a few candidates made from other tasks' best schedules: the
+task's own design space (the same rules made it, so its instructions are the donor's) replayed
+with the donor's sampling decisions: tile sizes, unroll, compute locations. The tile sizes are
+fitted to the task's own loop extents (the factor nearest the donor's that divides what is left,
+innermost first); TVM repairs a compute location that no longer exists. A donor qualifies when
+its trace tiles the same blocks (by name: `conv2d_nhwc`, `depthwise_conv2d_nchw`, ...) with the
+same sequence of sampling instructions; donors are tried nearest first by the distance of their
+tiled loops' extents (0: the same anchor, another epilogue). Each donor schedule is handed to a
+task once; candidates are measured and verified like the search's own, and what is measured is
+the task's record, from which its evolutionary search goes on (its initial population takes
+the task's best records).
+
+Gibson et al., "Transfer-Tuning: Reusing Auto-Schedules for Efficient Tensor Program Code
+Generation" (PACT 2022) reuse whole schedules between kernels of one model; here the decisions
+travel, so the schedule always fits the receiving task's design space.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ago_search.database import TuningDatabase, trace_hash
+
+__all__ = ["DonorPool", "TraceShape", "fit_tile", "read_trace"]
+
+log = logging.getLogger(__name__)
+
+_TILE, _CATEGORICAL, _LOCATION = "SamplePerfectTile", "SampleCategorical", "SampleComputeLocation"
+SAMPLING = (_TILE, _CATEGORICAL, _LOCATION)
+
+
+@dataclass(frozen=True)
+class TraceShape:
+    """What a trace's sampling says about its task.
+
+    anchors: names of the blocks it tiles (multi-level tiling's `tiling_structure` mark).
+    kinds: each sampling instruction in order: (kind, tile parts or categorical choices).
+    extents: the extent of each tiled loop (the product of its tile decision), in order.
+    decisions: each sampling instruction's decision, in order (None where it has none).
+    caps: each tile's largest innermost factor (0: none).
+    """
+
+    anchors: tuple[str, ...]
+    kinds: tuple[tuple[str, int], ...]
+    extents: tuple[int, ...]
+    decisions: tuple[Any, ...]
+    caps: tuple[int, ...] = ()
+
+    @property
+    def signature(self) -> tuple:
+        return (self.anchors, self.kinds)
+
+
+def read_trace(trace: Any) -> TraceShape | None:
+    """The shape of a trace (a TVM Trace, its JSON text or value); None when it tiles nothing
+    or lacks a decision of a tile (an untuned kernel's empty trace, a hand-made one)."""
+    if hasattr(trace, "as_json"):
+        trace = trace.as_json(remove_postproc=True)
+    if isinstance(trace, str):
+        trace = json.loads(trace)
+    insts, decided = trace[0], {int(i): d for i, d in trace[1]}
+    block_of: dict[str, str] = {}
+    anchors: list[str] = []
+    kinds: list[tuple[str, int]] = []
+    extents: list[int] = []
+    decisions: list[Any] = []
+    caps: list[int] = []
+    for index, inst in enumerate(insts):
+        kind, inputs, attrs, outputs = inst[0], inst[1], inst[2], inst[3]
+        if kind == "EnterPostproc":
+            break
+        if kind == "GetSBlock" and outputs:
+            block_of[outputs[0]] = str(attrs[0])
+        elif kind == "Annotate" and attrs and attrs[0] == "meta_schedule.tiling_structure":
+            anchors.append(block_of.get(inputs[0], "?"))
+        elif kind in SAMPLING:
+            decision = decided.get(index)
+            if kind == _TILE:
+                if not isinstance(decision, list) or not decision:
+                    return None
+                kinds.append((kind, int(attrs[0])))
+                extents.append(math.prod(int(f) for f in decision))
+                caps.append(int(attrs[1]) if len(attrs) > 1 and int(attrs[1]) > 0 else 0)
+                decisions.append([int(f) for f in decision])
+            elif kind == _CATEGORICAL:
+                kinds.append((kind, len(attrs[0])))
+                decisions.append(decision)
+            else:
+                kinds.append((kind, 0))
+                decisions.append(decision)
+    if not anchors or not extents:
+        return None
+    return TraceShape(tuple(anchors), tuple(kinds), tuple(extents), tuple(decisions), tuple(caps))
+
+
+def distance(a: TraceShape, b: TraceShape) -> float:
+    """How far apart two shapes of one signature are: summed |log2| of their tiled loops'
+    extent ratios (0: the same loops)."""
+    return sum(abs(math.log2(x / y)) for x, y in zip(a.extents, b.extents, strict=True))
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def fit_tile(factors: Sequence[int], extent: int, max_innermost: int | None = None) -> list[int]:
+    """Tile factors for a loop of `extent` near `factors` (another loop's): innermost first,
+    each the divisor of what is left nearest the donor's factor (in ratio; the smaller on a
+    tie), the outermost takes the rest; the innermost stays within `max_innermost`."""
+    left, fitted = extent, [0] * len(factors)
+    for i in range(len(factors) - 1, 0, -1):
+        wanted = max(1, int(factors[i]))
+        options = _divisors(left)
+        if i == len(factors) - 1 and max_innermost:
+            options = [d for d in options if d <= max_innermost] or [1]
+        fitted[i] = min(options, key=lambda d: (abs(math.log(d / wanted)), d))
+        left //= fitted[i]
+    fitted[0] = left
+    return fitted
+
+
+@dataclass
+class _Donor:
+    distance: float
+    rank: int  # 0: the donor's best schedule
+    task_key: str
+    trace_hash: str
+    shape: TraceShape
+    space: int  # index of the receiving task's design space with the same signature
+
+
+@dataclass
+class DonorPool:
+    """Donor schedules of one device's database for the tasks of a run.
+
+    share: at most this fraction of a round (at least one) is transferred candidates.
+    per_donor: best records of each donor task offered.
+    max_distance: donors farther than this (`distance`) are not asked.
+    """
+
+    store: TuningDatabase
+    device_key: str
+    share: float = 0.25
+    per_donor: int = 2
+    max_distance: float = 8.0
+    _shapes: dict[tuple[str, str], TraceShape | None] = field(default_factory=dict)
+    _given: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    transferred: dict[str, set[str]] = field(default_factory=dict)  # task -> hashes sent
+
+    def _shape_of(self, task_key: str, digest: str, trace_json: str) -> TraceShape | None:
+        key = (task_key, digest)
+        if key not in self._shapes:
+            try:
+                self._shapes[key] = read_trace(trace_json)
+            except (ValueError, TypeError, IndexError, KeyError):
+                self._shapes[key] = None
+        return self._shapes[key]
+
+    def donors(self, task_key: str, spaces: Sequence[TraceShape | None]) -> list[_Donor]:
+        """The donor schedules a task has not been given, nearest first."""
+        wanted = {s.signature: i for i, s in enumerate(spaces) if s is not None}
+        if not wanted:
+            return []
+        given = self._given.setdefault(task_key, set())
+        found: list[_Donor] = []
+        for donor_key, records in self.store.best_traces(self.device_key, self.per_donor).items():
+            if donor_key == task_key:
+                continue
+            for rank, (digest, trace_json) in enumerate(records):
+                if (donor_key, digest) in given:
+                    continue
+                shape = self._shape_of(donor_key, digest, trace_json)
+                if shape is None or shape.signature not in wanted:
+                    continue
+                space = wanted[shape.signature]
+                gap = distance(shape, spaces[space])  # type: ignore[arg-type]
+                if gap <= self.max_distance:
+                    found.append(_Donor(gap, rank, donor_key, digest, shape, space))
+        found.sort(key=lambda d: (d.distance, d.rank, d.task_key, d.trace_hash))
+        return found
+
+    def candidates(
+        self,
+        task_key: str,
+        mod: Any,
+        design_spaces: Sequence[Any],
+        postprocs: Sequence[Any],
+        round_size: int,
+        known: set[str],
+    ) -> list[Any]:
+        """Up to `share` of a round of `round_size` candidates for the task (`mod`: its
+        module), made from donors'
+        schedules it has not been given; `known` (trace hashes the task has measured or
+        proposed) is left out and grows by what is returned."""
+        from tvm.s_tir import Schedule
+        from tvm.s_tir import meta_schedule as ms
+
+        limit = max(1, int(round_size * self.share))
+        spaces = [read_trace(space.trace) for space in design_spaces]
+        out: list[Any] = []
+        given = self._given.setdefault(task_key, set())
+        for donor in self.donors(task_key, spaces):
+            if len(out) >= limit:
+                break
+            given.add((donor.task_key, donor.trace_hash))
+            space = design_spaces[donor.space]
+            sch = _replay(mod, space, spaces[donor.space], donor.shape, postprocs, Schedule)
+            if sch is None:
+                continue
+            digest = trace_hash(sch.trace)
+            if digest in known:
+                continue
+            known.add(digest)
+            self.transferred.setdefault(task_key, set()).add(digest)
+            args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+            out.append(ms.MeasureCandidate(sch, args))
+            log.debug(
+                "task %s: a schedule of %s (distance %.1f) transferred",
+                task_key,
+                donor.task_key,
+                donor.distance,
+            )
+        return out
+
+    def report(self) -> dict[str, int]:
+        """This run's transfers: candidates sent, tasks that got any, and tasks whose best
+        schedule on the device is one they were sent."""
+        bests = 0
+        for task_key, sent in self.transferred.items():
+            best = self.store.best(task_key, self.device_key)
+            bests += bool(best and best[0].trace_hash in sent)
+        return {
+            "candidates": sum(len(sent) for sent in self.transferred.values()),
+            "tasks": len(self.transferred),
+            "tasks_best_by_transfer": bests,
+        }
+
+
+def _replay(
+    mod: Any,
+    space: Any,
+    own: TraceShape | None,
+    donor: TraceShape,
+    postprocs: Sequence[Any],
+    schedule: Any,
+) -> Any | None:
+    """The design space `space` replayed on the task's module `mod` with the donor's decisions (tiles fitted
+    to the space's own extents) and post-processed; None where that fails."""
+    if own is None:
+        return None
+    decisions: list[Any] = []
+    tile = 0
+    for (kind, _), theirs in zip(donor.kinds, donor.decisions, strict=True):
+        if kind == _TILE:
+            decisions.append(fit_tile(theirs, own.extents[tile], own.caps[tile] or None))
+            tile += 1
+        else:
+            decisions.append(theirs)
+    order = iter(decisions)
+
+    def provide(inst: Any, inputs: Any, attrs: Any, decision: Any) -> Any:
+        if inst.kind.name not in SAMPLING:
+            return decision
+        theirs = next(order, None)
+        if theirs is None:
+            return decision
+        if inst.kind.name == _CATEGORICAL and not 0 <= int(theirs) < len(attrs[0]):
+            return decision
+        return theirs
+
+    try:
+        sch = schedule(mod)
+        space.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provide)
+        sch.enter_postproc()
+        for postproc in postprocs:
+            if not postproc.apply(sch):
+                return None
+    except Exception as err:  # noqa: BLE001 - a transfer that does not fit is skipped
+        log.debug("transfer replay failed: %s", err)
+        return None
+    return sch

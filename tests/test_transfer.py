@@ -1,0 +1,101 @@
+"""Transfer tuning (`schedule.transfer`): a task's rounds open with similar tasks' schedules."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+from hypothesis import given
+from hypothesis import strategies as st
+from model_builders import residual_block
+
+from ago_search.database import Status
+from ago_search.devices import detect_host
+from ago_search.measure import MeasureProtocol
+from ago_search.pipeline import load_planned
+from ago_search.schedule.config import TuningConfig
+from ago_search.schedule.transfer import _TILE, fit_tile, read_trace
+from ago_search.schedule.tune import TuningSession
+from cost_model.factory import make_cost_model
+
+FAST = MeasureProtocol(warmup=1, repeat=3, min_repeat_ms=2.0)
+
+
+@given(
+    factors=st.lists(st.integers(1, 64), min_size=2, max_size=4),
+    extent=st.integers(1, 3000),
+    cap=st.sampled_from([None, 16, 64]),
+)
+def test_fitted_tiles_multiply_to_the_extent(factors, extent, cap):
+    fitted = fit_tile(factors, extent, cap)
+    assert len(fitted) == len(factors)
+    assert math.prod(fitted) == extent
+    assert all(f >= 1 for f in fitted)
+    if cap:
+        assert fitted[-1] <= cap
+
+
+@given(factors=st.lists(st.integers(1, 16), min_size=2, max_size=4))
+def test_tiles_that_fit_already_are_kept(factors):
+    assert fit_tile(factors, math.prod(factors)) == factors
+
+
+def _tiles(shape):
+    return [d for (kind, _), d in zip(shape.kinds, shape.decisions, strict=True) if kind == _TILE]
+
+
+def test_a_sibling_task_opens_with_the_others_best_schedule(tmp_path):
+    """The residual block's two convs are one conv with two epilogues (bias + ReLU; bias +
+    residual + ReLU): the second, tuned after the first, gets the first's best tiles in its
+    first round, measured and verified as its own record; the round keeps its size."""
+    path = tmp_path / "residual.onnx"
+    onnx.save(residual_block(), path)
+    host = detect_host()
+    planned = load_planned(path, plan="tvm", device=host)
+    convs = [t for t in planned.tasks if "conv2d" in t.name]
+    assert len(convs) == 2, [t.name for t in planned.tasks]
+    first, second = sorted(convs, key=lambda t: "add_add" in t.name)
+    config = TuningConfig(
+        trials=4,
+        trials_per_round=4,
+        population_size=64,
+        protocol=FAST,
+        measure_untuned=False,
+        seed=3,
+    )
+    with TuningSession(host, tmp_path / "tuning.db", config) as session:
+        model = make_cost_model("xgb", seed=3)
+        session.tune([first], config, cost_model=model)
+        donor = session.store.best(first.key, host.key)[0]
+        session.tune([second], config, cost_model=model)
+        sent = session.transfer.transferred.get(second.key, set())
+        records = session.store.records(second.key, host.key)
+        report = session.transfer.report()
+    assert report["candidates"] == len(sent) and report["tasks"] == 1
+    assert sent, "nothing was transferred to the sibling"
+    assert len(records) == 4
+    borrowed = [r for r in records if r.trace_hash in sent]
+    assert borrowed and all(r.status == Status.OK for r in borrowed)
+    donor_shape = read_trace(donor.trace_json)
+    assert _tiles(donor_shape) in [_tiles(read_trace(r.trace_json)) for r in borrowed]
+
+
+def test_without_transfer_nothing_is_sent(tmp_path):
+    path = tmp_path / "residual.onnx"
+    onnx.save(residual_block(), path)
+    host = detect_host()
+    convs = [t for t in load_planned(path, plan="tvm", device=host).tasks if "conv2d" in t.name]
+    config = TuningConfig(
+        trials=2,
+        trials_per_round=2,
+        population_size=64,
+        protocol=FAST,
+        measure_untuned=False,
+        seed=3,
+        transfer=False,
+    )
+    with TuningSession(host, tmp_path / "tuning.db", config) as session:
+        model = make_cost_model("xgb", seed=3)
+        for task in convs:
+            session.tune([task], config, cost_model=model)
+        assert not session.transfer.transferred
