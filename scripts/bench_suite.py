@@ -524,8 +524,8 @@ def markdown(results: list[dict], summary: dict[str, Any]) -> str:
             f"{summary['layouts_over_nchw_only']['models']})."
             if summary.get("layouts_over_nchw_only", {}).get("models")
             else ""
-        ),
-        +(
+        )
+        + (
             f" Transfer tuning over none: {_x(summary['transfer_over_none']['geomean'])} (over "
             f"{summary['transfer_over_none']['models']})."
             if summary.get("transfer_over_none", {}).get("models")
