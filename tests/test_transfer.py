@@ -7,7 +7,8 @@ import math
 import onnx
 from hypothesis import given
 from hypothesis import strategies as st
-from model_builders import residual_block
+from model_builders import make_model, residual_block, weight
+from onnx import TensorProto, helper
 
 from ago_search.database import Status
 from ago_search.devices import detect_host
@@ -77,7 +78,67 @@ def test_a_sibling_task_opens_with_the_others_best_schedule(tmp_path):
     borrowed = [r for r in records if r.trace_hash in sent]
     assert borrowed and all(r.status == Status.OK for r in borrowed)
     donor_shape = read_trace(donor.trace_json)
-    assert _tiles(donor_shape) in [_tiles(read_trace(r.trace_json)) for r in borrowed]
+    got = [read_trace(r.trace_json) for r in borrowed]
+    # the same loops: every decision (tiles, unroll, compute location) and the structure
+    # (where the write cache sits) come over unchanged
+    assert (donor_shape.decisions, donor_shape.structure) in [
+        (g.decisions, g.structure) for g in got
+    ]
+
+
+def _two_conv_sizes():
+    """x -> conv 8->16 3x3 -> relu -> conv 16->16 3x3 -> relu: one conv at two sizes."""
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c2"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
+        [
+            weight("W1", (16, 8, 3, 3)),
+            weight("B1", (16,), 1),
+            weight("W2", (16, 16, 3, 3), 2),
+            weight("B2", (16,), 3),
+        ],
+    )
+
+
+def test_a_conv_of_another_size_gets_tiles_fitted_to_its_loops(tmp_path):
+    """The second conv reads 16 channels where the first reads 8: the first's best schedule
+    comes over with its tiles fitted to the second's loops, and runs right."""
+    path = tmp_path / "convs.onnx"
+    onnx.save(_two_conv_sizes(), path)
+    host = detect_host()
+    convs = [t for t in load_planned(path, plan="tvm", device=host).tasks if "conv2d" in t.name]
+    assert len(convs) == 2, [t.name for t in convs]
+    config = TuningConfig(
+        trials=4,
+        trials_per_round=4,
+        population_size=64,
+        protocol=FAST,
+        measure_untuned=False,
+        seed=5,
+    )
+    with TuningSession(host, tmp_path / "tuning.db", config) as session:
+        model = make_cost_model("xgb", seed=5)
+        session.tune([convs[0]], config, cost_model=model)
+        donor = read_trace(session.store.best(convs[0].key, host.key)[0].trace_json)
+        session.tune([convs[1]], config, cost_model=model)
+        sent = session.transfer.transferred.get(convs[1].key, set())
+        borrowed = [
+            r for r in session.store.records(convs[1].key, host.key) if r.trace_hash in sent
+        ]
+    assert len(borrowed) == 1 and borrowed[0].status == Status.OK
+    got = read_trace(borrowed[0].trace_json)
+    assert got.extents != donor.extents  # another conv
+    expected = [
+        fit_tile(theirs, extent, cap or None)
+        for theirs, extent, cap in zip(_tiles(donor), got.extents, got.caps, strict=True)
+    ]
+    assert _tiles(got) == expected
 
 
 def test_without_transfer_nothing_is_sent(tmp_path):

@@ -410,6 +410,11 @@ class TuningDatabase:
         )
         return [record_from_row(row) for row in rows]
 
+    def last_record_id(self) -> int:
+        """The id of the newest record (0: none): whether anything was committed since."""
+        rows = self._query("SELECT MAX(id) FROM records")
+        return int(rows[0][0] or 0)
+
     def best_traces(self, device_key: str, k: int = 1) -> dict[str, list[tuple[str, str]]]:
         """task key -> (trace hash, trace JSON) of its k fastest ok records on a device, fastest
         first, for every task at once: what other tasks of a run may borrow (`transfer`)."""

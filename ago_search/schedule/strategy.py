@@ -25,7 +25,7 @@ from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
 from ago_search.database import TuningDatabase, trace_hash
 from ago_search.schedule.config import TuningConfig
-from ago_search.schedule.transfer import DonorPool
+from ago_search.schedule.transfer import DonorPool, read_trace
 
 __all__ = ["SkipMeasured", "TrialBudget", "make_search_strategy"]
 
@@ -116,19 +116,31 @@ class SkipMeasured(PySearchStrategy):
         self._mod: Any = None
         self._postprocs: list[Any] = []
         self._spaces: list[Any] = []
+        self._space_shapes: list[Any] = []
         self.known: set[str] = set()
         self.skipped = 0
         self._empty_rounds = 0
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
         self._mod = context.mod
-        self._postprocs = list(context.space_generator.postprocs or [])
+        try:
+            self._postprocs = list(context.space_generator.postprocs or [])
+        except Exception as err:  # noqa: BLE001 - without them nothing is transferred
+            log.warning("task %s: no postprocessors to transfer with: %s", self.task_key, err)
+            self._mod = None
         self.inner._initialize_with_tune_context(context)
 
     def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
         self.known = set(self.store.measured(self.task_key, self.device_key))
         self._empty_rounds = 0
         self._spaces = list(design_spaces)
+        self._space_shapes = []
+        if self.transfer is not None:
+            try:
+                self._space_shapes = [read_trace(space.trace) for space in self._spaces]
+            except Exception as err:  # noqa: BLE001 - a head start, never a reason to stop
+                log.warning("task %s: design spaces unread, no transfer: %s", self.task_key, err)
+                self._spaces = []
         self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
 
     def post_tuning(self) -> None:
@@ -141,36 +153,50 @@ class SkipMeasured(PySearchStrategy):
             candidates = self.inner.generate_measure_candidates()
             if candidates is None:
                 return None
-            fresh = self._borrowed(len(candidates))
+            size = max(len(candidates), 1)
+            borrowed = self._borrowed(size)
+            picked = list(borrowed)
+            seen = {digest for _, digest in borrowed}
             for candidate in candidates:
+                if len(picked) >= size:
+                    break
                 digest = trace_hash(candidate.sch.trace)
-                if digest in self.known:
+                if digest in self.known or digest in seen:
                     self.skipped += 1
                     continue
-                self.known.add(digest)
-                fresh.append(candidate)
-            fresh = fresh[: max(len(candidates), 1)]
-            if fresh:
+                seen.add(digest)
+                picked.append((candidate, digest))
+            if picked:
                 if self.budget is not None:
-                    fresh = fresh[: self.budget.take(len(fresh))]
+                    picked = picked[: self.budget.take(len(picked))]
+                self.known.update(digest for _, digest in picked)
+                if self.transfer is not None:
+                    lent = {digest for _, digest in borrowed}
+                    self.transfer.sent(self.task_key, [d for _, d in picked if d in lent])
                 self._empty_rounds = 0
                 if self.on_round is not None:
                     self.on_round(self.task_key)
-                return fresh
+                return [candidate for candidate, _ in picked]
             self._empty_rounds += 1
             log.debug("task %s: a round of known schedules only", self.task_key)
             if self._empty_rounds >= self.max_empty_rounds:
                 log.info("task %s: the search proposes only measured schedules", self.task_key)
                 return None
 
-    def _borrowed(self, round_size: int) -> list[Any]:
-        """Candidates made from other tasks' schedules for this round (none without a pool,
-        never an error: a transfer that fails is a round without it)."""
+    def _borrowed(self, round_size: int) -> list[tuple[Any, str]]:
+        """(candidate, trace hash) made from other tasks' schedules for this round (none
+        without a pool, never an error: a transfer that fails is a round without it)."""
         if self.transfer is None or self._mod is None or not self._spaces:
             return []
         try:
             return self.transfer.candidates(
-                self.task_key, self._mod, self._spaces, self._postprocs, round_size, self.known
+                self.task_key,
+                self._mod,
+                self._spaces,
+                self._space_shapes,
+                self._postprocs,
+                round_size,
+                self.known,
             )
         except Exception as err:  # noqa: BLE001 - a head start, never a reason to stop
             log.warning("task %s: no schedules transferred: %s", self.task_key, err)

@@ -41,6 +41,20 @@ log = logging.getLogger(__name__)
 
 _TILE, _CATEGORICAL, _LOCATION = "SamplePerfectTile", "SampleCategorical", "SampleComputeLocation"
 SAMPLING = (_TILE, _CATEGORICAL, _LOCATION)
+_STRUCTURAL = frozenset(
+    {
+        "CacheRead",
+        "CacheWrite",
+        "ReverseComputeAt",
+        "RFactor",
+        "DecomposeReduction",
+        "Blockize",
+        "Tensorize",
+        "ReIndex",
+        "TransformLayout",
+        "TransformBlockLayout",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,10 @@ class TraceShape:
     extents: the extent of each tiled loop (the product of its tile decision), in order.
     decisions: each sampling instruction's decision, in order (None where it has none).
     caps: each tile's largest innermost factor (0: none).
+    structure: the instructions that shape the schedule beyond its decisions (cache reads and
+        writes, compute-at of a write cache, rfactor, ...), each with the tile parts its loops
+        come from (the n-th loop a `Split` made): a design space's multi-level tiling exists
+        with the write cache at no, the first or the second level, all sampling alike.
     """
 
     anchors: tuple[str, ...]
@@ -59,6 +77,7 @@ class TraceShape:
     extents: tuple[int, ...]
     decisions: tuple[Any, ...]
     caps: tuple[int, ...] = ()
+    structure: tuple = ()
 
     @property
     def signature(self) -> tuple:
@@ -79,10 +98,18 @@ def read_trace(trace: Any) -> TraceShape | None:
     extents: list[int] = []
     decisions: list[Any] = []
     caps: list[int] = []
+    split_part: dict[str, int] = {}
+    structure: list[tuple] = []
     for index, inst in enumerate(insts):
         kind, inputs, attrs, outputs = inst[0], inst[1], inst[2], inst[3]
         if kind == "EnterPostproc":
             break
+        if kind == "Split":
+            for rv in outputs:
+                split_part[rv] = len(split_part)
+        elif kind in _STRUCTURAL:
+            parts = tuple(split_part[x] for x in inputs if isinstance(x, str) and x in split_part)
+            structure.append((kind, parts))
         if kind == "GetSBlock" and outputs:
             block_of[outputs[0]] = str(attrs[0])
         elif kind == "Annotate" and attrs and attrs[0] == "meta_schedule.tiling_structure":
@@ -104,7 +131,14 @@ def read_trace(trace: Any) -> TraceShape | None:
                 decisions.append(decision)
     if not anchors or not extents:
         return None
-    return TraceShape(tuple(anchors), tuple(kinds), tuple(extents), tuple(decisions), tuple(caps))
+    return TraceShape(
+        tuple(anchors),
+        tuple(kinds),
+        tuple(extents),
+        tuple(decisions),
+        tuple(caps),
+        tuple(structure),
+    )
 
 
 def distance(a: TraceShape, b: TraceShape) -> float:
@@ -141,14 +175,15 @@ class _Donor:
     task_key: str
     trace_hash: str
     shape: TraceShape
-    space: int  # index of the receiving task's design space with the same signature
+    space: int  # index of the receiving task's design space of the same signature and structure
 
 
 @dataclass
 class DonorPool:
     """Donor schedules of one device's database for the tasks of a run.
 
-    share: at most this fraction of a round (at least one) is transferred candidates.
+    share: at most this fraction of a round is transferred candidates (rounds under
+        1/share candidates get none: a round of 2 is the search's own).
     per_donor: best records of each donor task offered.
     max_distance: donors farther than this (`distance`) are not asked.
     """
@@ -159,8 +194,10 @@ class DonorPool:
     per_donor: int = 2
     max_distance: float = 8.0
     _shapes: dict[tuple[str, str], TraceShape | None] = field(default_factory=dict)
+    _table: list[tuple[str, int, str, TraceShape]] = field(default_factory=list)
+    _table_at: int | None = None  # the database's last record id when `_table` was read
     _given: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
-    transferred: dict[str, set[str]] = field(default_factory=dict)  # task -> hashes sent
+    transferred: dict[str, set[str]] = field(default_factory=dict)  # task -> hashes measured
 
     def _shape_of(self, task_key: str, digest: str, trace_json: str) -> TraceShape | None:
         key = (task_key, digest)
@@ -171,48 +208,70 @@ class DonorPool:
                 self._shapes[key] = None
         return self._shapes[key]
 
+    def _donor_table(self) -> list[tuple[str, int, str, TraceShape]]:
+        """(task, rank, trace hash, shape) of every task's best schedules on the device, read
+        again only when the database has a record it did not have."""
+        last = self.store.last_record_id()
+        if last != self._table_at:
+            table = []
+            for task_key, records in self.store.best_traces(
+                self.device_key, self.per_donor
+            ).items():
+                for rank, (digest, trace_json) in enumerate(records):
+                    shape = self._shape_of(task_key, digest, trace_json)
+                    if shape is not None:
+                        table.append((task_key, rank, digest, shape))
+            self._table, self._table_at = table, last
+        return self._table
+
     def donors(self, task_key: str, spaces: Sequence[TraceShape | None]) -> list[_Donor]:
-        """The donor schedules a task has not been given, nearest first."""
-        wanted = {s.signature: i for i, s in enumerate(spaces) if s is not None}
+        """The donor schedules a task has not been given whose sampling and structure one of
+        its design spaces (`spaces`, their shapes) has, nearest first."""
+        wanted: dict[tuple, int] = {}
+        for i, space in enumerate(spaces):
+            if space is not None:
+                wanted.setdefault((space.signature, space.structure), i)
         if not wanted:
             return []
-        given = self._given.setdefault(task_key, set())
+        given = self._given.get(task_key, set())
         found: list[_Donor] = []
-        for donor_key, records in self.store.best_traces(self.device_key, self.per_donor).items():
-            if donor_key == task_key:
+        for donor_key, rank, digest, shape in self._donor_table():
+            if donor_key == task_key or (donor_key, digest) in given:
                 continue
-            for rank, (digest, trace_json) in enumerate(records):
-                if (donor_key, digest) in given:
-                    continue
-                shape = self._shape_of(donor_key, digest, trace_json)
-                if shape is None or shape.signature not in wanted:
-                    continue
-                space = wanted[shape.signature]
-                gap = distance(shape, spaces[space])  # type: ignore[arg-type]
-                if gap <= self.max_distance:
-                    found.append(_Donor(gap, rank, donor_key, digest, shape, space))
+            space = wanted.get((shape.signature, shape.structure))
+            if space is None:
+                continue
+            gap = distance(shape, spaces[space])  # type: ignore[arg-type]
+            if gap <= self.max_distance:
+                found.append(_Donor(gap, rank, donor_key, digest, shape, space))
         found.sort(key=lambda d: (d.distance, d.rank, d.task_key, d.trace_hash))
         return found
+
+    def limit(self, round_size: int) -> int:
+        """Transferred candidates a round of `round_size` may hold."""
+        return int(round_size * self.share)
 
     def candidates(
         self,
         task_key: str,
         mod: Any,
         design_spaces: Sequence[Any],
+        spaces: Sequence[TraceShape | None],
         postprocs: Sequence[Any],
         round_size: int,
         known: set[str],
-    ) -> list[Any]:
-        """Up to `share` of a round of `round_size` candidates for the task (`mod`: its
-        module), made from donors'
-        schedules it has not been given; `known` (trace hashes the task has measured or
-        proposed) is left out and grows by what is returned."""
+    ) -> list[tuple[Any, str]]:
+        """Up to `limit(round_size)` (candidate, trace hash) for the task (`mod`: its module;
+        `spaces`: the shapes of its `design_spaces`), made from donors' schedules it has not
+        been given, none whose hash is in `known`. What the round measures of them is to be
+        told to `sent`."""
         from tvm.s_tir import Schedule
         from tvm.s_tir import meta_schedule as ms
 
-        limit = max(1, int(round_size * self.share))
-        spaces = [read_trace(space.trace) for space in design_spaces]
-        out: list[Any] = []
+        limit = self.limit(round_size)
+        if limit <= 0:
+            return []
+        out: list[tuple[Any, str]] = []
         given = self._given.setdefault(task_key, set())
         for donor in self.donors(task_key, spaces):
             if len(out) >= limit:
@@ -223,12 +282,10 @@ class DonorPool:
             if sch is None:
                 continue
             digest = trace_hash(sch.trace)
-            if digest in known:
+            if digest in known or any(digest == d for _, d in out):
                 continue
-            known.add(digest)
-            self.transferred.setdefault(task_key, set()).add(digest)
             args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-            out.append(ms.MeasureCandidate(sch, args))
+            out.append((ms.MeasureCandidate(sch, args), digest))
             log.debug(
                 "task %s: a schedule of %s (distance %.1f) transferred",
                 task_key,
@@ -237,8 +294,13 @@ class DonorPool:
             )
         return out
 
+    def sent(self, task_key: str, digests: Sequence[str]) -> None:
+        """The transferred candidates a round of the task measures."""
+        if digests:
+            self.transferred.setdefault(task_key, set()).update(digests)
+
     def report(self) -> dict[str, int]:
-        """This run's transfers: candidates sent, tasks that got any, and tasks whose best
+        """This run's transfers: candidates measured, tasks that got any, and tasks whose best
         schedule on the device is one they were sent."""
         bests = 0
         for task_key, sent in self.transferred.items():
@@ -259,8 +321,8 @@ def _replay(
     postprocs: Sequence[Any],
     schedule: Any,
 ) -> Any | None:
-    """The design space `space` replayed on the task's module `mod` with the donor's decisions (tiles fitted
-    to the space's own extents) and post-processed; None where that fails."""
+    """The design space `space` replayed on the task's module `mod` with the donor's decisions
+    (tiles fitted to the space's own extents) and post-processed; None where that fails."""
     if own is None:
         return None
     decisions: list[Any] = []
@@ -284,7 +346,7 @@ def _replay(
         return theirs
 
     try:
-        sch = schedule(mod)
+        sch = schedule(mod, debug_mask=0)
         space.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provide)
         sch.enter_postproc()
         for postproc in postprocs:
