@@ -56,18 +56,16 @@ def run_arm(host, tasks, arm: str, rounds: int, round_trials: int, seed: int) ->
         TuningSession(host, Path(tmp) / "tuning.db", config) as session,
     ):
         session.tune(tasks, config, cost_model=make_cost_model("gnn", seed=seed))
-        bests, by_transfer = [], 0
-        sent = session.transfer.transferred
+        bests = []
         for task in tasks:
             best = session.store.best(task.key, host.key)
             bests.append(best[0].median if best else None)
-            if best and best[0].trace_hash in sent.get(task.key, set()):
-                by_transfer += 1
+        sent = session.transfer.report()
         return {
             "best_s": bests,
             "wall_s": time.perf_counter() - started,
-            "transferred": sum(len(v) for v in sent.values()) if arm == "transfer" else 0,
-            "best_by_transfer": by_transfer,
+            "transferred": sent["candidates"],
+            "best_by_transfer": sent["tasks_best_by_transfer"],
         }
 
 

@@ -123,3 +123,23 @@ def residual_block() -> onnx.ModelProto:
             weight("B2", (8,), 3),
         ],
     )
+
+
+def two_conv_sizes() -> onnx.ModelProto:
+    """x -> conv 8->16 3x3 -> relu -> conv 16->16 3x3 -> relu: one conv at two sizes (16x16)."""
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c2"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
+        [
+            weight("W1", (16, 8, 3, 3)),
+            weight("B1", (16,), 1),
+            weight("W2", (16, 16, 3, 3), 2),
+            weight("B2", (16,), 3),
+        ],
+    )

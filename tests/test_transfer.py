@@ -7,8 +7,7 @@ import math
 import onnx
 from hypothesis import given
 from hypothesis import strategies as st
-from model_builders import make_model, residual_block, weight
-from onnx import TensorProto, helper
+from model_builders import residual_block, two_conv_sizes
 
 from ago_search.database import Status
 from ago_search.devices import detect_host
@@ -41,6 +40,29 @@ def test_tiles_that_fit_already_are_kept(factors):
     assert fit_tile(factors, math.prod(factors)) == factors
 
 
+def _conv_tasks(model, tmp_path):
+    """The host and the conv tasks of `model` (an ONNX ModelProto) under TVM's fusion."""
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    host = detect_host()
+    convs = [t for t in load_planned(path, plan="tvm", device=host).tasks if "conv2d" in t.name]
+    assert len(convs) == 2, [t.name for t in convs]
+    return host, convs
+
+
+def _config(trials: int, seed: int, **options) -> TuningConfig:
+    """One round of `trials` per tuning call, fast timings, no untuned kernels."""
+    return TuningConfig(
+        trials=trials,
+        trials_per_round=trials,
+        population_size=64,
+        protocol=FAST,
+        measure_untuned=False,
+        seed=seed,
+        **options,
+    )
+
+
 def _tiles(shape):
     return [d for (kind, _), d in zip(shape.kinds, shape.decisions, strict=True) if kind == _TILE]
 
@@ -49,21 +71,9 @@ def test_a_sibling_task_opens_with_the_others_best_schedule(tmp_path):
     """The residual block's two convs are one conv with two epilogues (bias + ReLU; bias +
     residual + ReLU): the second, tuned after the first, gets the first's best tiles in its
     first round, measured and verified as its own record; the round keeps its size."""
-    path = tmp_path / "residual.onnx"
-    onnx.save(residual_block(), path)
-    host = detect_host()
-    planned = load_planned(path, plan="tvm", device=host)
-    convs = [t for t in planned.tasks if "conv2d" in t.name]
-    assert len(convs) == 2, [t.name for t in planned.tasks]
+    host, convs = _conv_tasks(residual_block(), tmp_path)
     first, second = sorted(convs, key=lambda t: "add_add" in t.name)
-    config = TuningConfig(
-        trials=4,
-        trials_per_round=4,
-        population_size=64,
-        protocol=FAST,
-        measure_untuned=False,
-        seed=3,
-    )
+    config = _config(4, seed=3)
     with TuningSession(host, tmp_path / "tuning.db", config) as session:
         model = make_cost_model("xgb", seed=3)
         session.tune([first], config, cost_model=model)
@@ -86,42 +96,11 @@ def test_a_sibling_task_opens_with_the_others_best_schedule(tmp_path):
     ]
 
 
-def _two_conv_sizes():
-    """x -> conv 8->16 3x3 -> relu -> conv 16->16 3x3 -> relu: one conv at two sizes."""
-    return make_model(
-        [
-            helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c1"], ["r1"]),
-            helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c2"], ["y"]),
-        ],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
-        [
-            weight("W1", (16, 8, 3, 3)),
-            weight("B1", (16,), 1),
-            weight("W2", (16, 16, 3, 3), 2),
-            weight("B2", (16,), 3),
-        ],
-    )
-
-
 def test_a_conv_of_another_size_gets_tiles_fitted_to_its_loops(tmp_path):
     """The second conv reads 16 channels where the first reads 8: the first's best schedule
     comes over with its tiles fitted to the second's loops, and runs right."""
-    path = tmp_path / "convs.onnx"
-    onnx.save(_two_conv_sizes(), path)
-    host = detect_host()
-    convs = [t for t in load_planned(path, plan="tvm", device=host).tasks if "conv2d" in t.name]
-    assert len(convs) == 2, [t.name for t in convs]
-    config = TuningConfig(
-        trials=4,
-        trials_per_round=4,
-        population_size=64,
-        protocol=FAST,
-        measure_untuned=False,
-        seed=5,
-    )
+    host, convs = _conv_tasks(two_conv_sizes(), tmp_path)
+    config = _config(4, seed=5)
     with TuningSession(host, tmp_path / "tuning.db", config) as session:
         model = make_cost_model("xgb", seed=5)
         session.tune([convs[0]], config, cost_model=model)
@@ -142,19 +121,8 @@ def test_a_conv_of_another_size_gets_tiles_fitted_to_its_loops(tmp_path):
 
 
 def test_without_transfer_nothing_is_sent(tmp_path):
-    path = tmp_path / "residual.onnx"
-    onnx.save(residual_block(), path)
-    host = detect_host()
-    convs = [t for t in load_planned(path, plan="tvm", device=host).tasks if "conv2d" in t.name]
-    config = TuningConfig(
-        trials=2,
-        trials_per_round=2,
-        population_size=64,
-        protocol=FAST,
-        measure_untuned=False,
-        seed=3,
-        transfer=False,
-    )
+    host, convs = _conv_tasks(residual_block(), tmp_path)
+    config = _config(2, seed=3, transfer=False)
     with TuningSession(host, tmp_path / "tuning.db", config) as session:
         model = make_cost_model("xgb", seed=3)
         for task in convs:
