@@ -7,7 +7,8 @@ nothing else.
 
 `compile_plan` builds a model as a plan groups it (`apply_plan`, then the lowering of TVM's
 default CPU pipeline); `compile_plan_tuned` applies the database's best record of each kernel
-first and says which kernels got none. Both take `fused=`, the module `apply_plan` gave, so a
+first and says which kernels got none, and packs the weights the schedules re-laid out at
+compile time (`pack_weights`). Both take `fused=`, the module `apply_plan` gave, so a
 caller that has it does not fuse again.
 
 TVM's thread settings (`tvm_thread_env`, `set_tvm_threads`) are in
@@ -40,10 +41,14 @@ __all__ = [
     "export_executable",
     "load_executable",
     "lowering_passes",
+    "pack_weights",
     "run_executable",
 ]
 
 log = logging.getLogger(__name__)
+
+# What SplitLayoutRewritePreproc appends to the name of a kernel that takes packed weights.
+PREPACKED_SUFFIX = "_prepacked"
 
 # Name under which VMRunner saves `main` bound to its inputs.
 _SAVED_MAIN = "ago_search_main_bound"
@@ -127,7 +132,8 @@ def apply_schedules(
     the PrimFuncs that got one and of those that did not.
 
     `database` is a MetaSchedule `Database`; ours (`database.SqliteDatabase`) serves
-    only records with status ok, so failures and wrong results are never applied.
+    only records with status ok, so failures and wrong results are never applied. A
+    schedule's weight packing is still inside its kernel here (`pack_weights` moves it out).
     """
     with target, database:
         scheduled_mod = relax.transform.MetaScheduleApplyDatabase()(fused_mod)
@@ -140,6 +146,25 @@ def apply_schedules(
     return scheduled_mod, tuple(sorted(scheduled)), tuple(sorted(untuned))
 
 
+def pack_weights(scheduled_mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Weights packed once, at compile time, in the layouts the schedules chose.
+
+    A schedule of a kernel with layout-free weights (`plan.apply.mark_prepacked`) may begin
+    with preproc blocks that re-lay out a weight (MetaSchedule's `RewriteLayout`):
+    `SplitLayoutRewritePreproc` moves them into kernels of their own called on the weight
+    before the kernel, which then takes the packed weight, and `FoldConstant` runs those on
+    the model's constants at compile time (TVM's `static_shape_tuning_pipeline` with
+    `cpu_weight_prepack` does the same, less the folding, as its weights are parameters).
+    """
+    with target:
+        split = relax.transform.SplitLayoutRewritePreproc()(scheduled_mod)
+        if split.same_as(scheduled_mod):
+            return scheduled_mod
+        return tvm.transform.Sequential(
+            [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
+        )(split)
+
+
 def compile_plan_tuned(
     legalized_mod: tvm.IRModule,
     graph: OpGraph,
@@ -149,7 +174,8 @@ def compile_plan_tuned(
     *,
     fused: tvm.IRModule | None = None,
 ) -> TunedBuild:
-    """apply_plan, the database's schedules (`apply_schedules`), then TVM's lowering.
+    """apply_plan, the database's schedules (`apply_schedules`), the weights packed as they
+    chose (`pack_weights`), then TVM's lowering.
 
     `fused`, when given, is `apply_plan(legalized_mod, graph, plan, target)` made before: the
     schedules are applied to it and nothing is fused again. Check `TunedBuild.untuned`: a
@@ -162,7 +188,8 @@ def compile_plan_tuned(
     if untuned:
         count = len(scheduled) + len(untuned)
         log.info("%d of %d kernels have no tuning record", len(untuned), count)
-    executable = tvm.compile(scheduled_mod, target, relax_pipeline=_lower(target))
+    packed = pack_weights(scheduled_mod, target)
+    executable = tvm.compile(packed, target, relax_pipeline=_lower(target))
     return TunedBuild(executable, scheduled, untuned)
 
 
@@ -220,7 +247,8 @@ class VMRunner:
         taken off, as fitted on the VM's builtins (allocations: nearly free themselves)
         against their argument counts. What a kernel costs where the model runs it: its
         inputs just written by the kernel before, its weights wherever the rest of the model
-        left them."""
+        left them. Kernels are named after the PrimFuncs `apply_plan` made, those with
+        packed weights too."""
         import statistics
         import time
 
@@ -259,7 +287,8 @@ class VMRunner:
                     seconds[symbol] += max(0.0, took - hook(nargs))
             for symbol, value in seconds.items():
                 totals[symbol].append(value)
-        return {k: statistics.median(v) for k, v in totals.items()}
+        # a kernel whose weights are packed runs as "<name>_prepacked" (`pack_weights`)
+        return {k.removesuffix(PREPACKED_SUFFIX): statistics.median(v) for k, v in totals.items()}
 
 
 def _hook_cost(builtins: list[tuple[str, float, int]]) -> Callable[[int], float]:

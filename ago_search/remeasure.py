@@ -145,17 +145,20 @@ def remeasure(
                 log.warning("task %s has no workload in %s: skipped", task_key, db)
                 continue
             target = tvm.target.Target(json.loads(todo[0].target))
-            args_info = ms.arg_info.ArgInfo.from_prim_func(workload["main"])
             check.add(task_key, workload)
             check.select(task_key)
             task_start = time.perf_counter()
-            inputs = [BuilderInput(replay_trace(workload, r.trace_json).mod, target) for r in todo]
-            built = builder.build(inputs)
+            scheduled = [replay_trace(workload, r.trace_json).mod for r in todo]
+            # a schedule that packs its weights takes them in its own layout
+            args_of = [
+                ms.arg_info.ArgInfo.from_entry_func(m, remove_preproc=True) for m in scheduled
+            ]
+            built = builder.build([BuilderInput(m, target) for m in scheduled])
             timings: list[list[Any]] = [[] for _ in todo]
             order = [i for i, b in enumerate(built) if b.error_msg is None]
             for round_number in range(rounds):
                 for i in order if round_number % 2 == 0 else order[::-1]:
-                    runner_input = RunnerInput(str(built[i].artifact_path), "llvm", args_info)
+                    runner_input = RunnerInput(str(built[i].artifact_path), "llvm", args_of[i])
                     timings[i].append(runner.measure_input(runner_input))
             new_records = []
             for i, record in enumerate(todo):

@@ -395,6 +395,17 @@ def store_buffer_order(func: Any) -> tuple[list[str], list[tuple[int, int]]]:
     return list(order), sorted(edges)
 
 
+def _without_preproc(mod: Any) -> Any:
+    """A candidate without the blocks that pack its weights (`ago_search.measure.prepack`):
+    they run once at compile time, and MetaSchedule's feature extractor drops them too."""
+    func = mod["main"]
+    if func.attrs is None or "layout_free_buffers" not in func.attrs:
+        return mod
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+
+
 class Featurizer:
     """Turns (workload, trace) pairs or MetaSchedule candidates into `CandidateGraph`s.
 
@@ -432,7 +443,7 @@ class Featurizer:
         parts = []
         for candidate, matrix in zip(candidates, matrices, strict=True):
             features = matrix.numpy().astype(np.float32)
-            names, edges = store_buffer_order(candidate.sch.mod["main"])
+            names, edges = store_buffer_order(_without_preproc(candidate.sch.mod)["main"])
             n_rows = features.shape[0]
             if len(names) != n_rows:
                 # the extractor works on a lowered copy that can differ (a store simplified

@@ -43,6 +43,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 
 from ago_search.database.records import Status
 from ago_search.measure.lease import host_cpu_lease
+from ago_search.measure.prepack import SIDECAR, weight_rewrites, write_rewrites
 from ago_search.measure.status import ResultStatuses
 from ago_search.measure.worker import IsolatedWorker, WorkerCrashed, WorkerError, WorkerTimeout
 
@@ -105,7 +106,8 @@ def build_artifact(
     artifact_dir: str,
     cross_compiler: str | None = None,
 ) -> str:
-    """Compile and export one candidate given as save_json text; the library's path.
+    """Compile and export one candidate given as save_json text; the library's path. The
+    weights it takes packed are written beside it (`prepack.SIDECAR`).
 
     The entry point of builder workers: everything it takes is plain data.
     """
@@ -113,6 +115,8 @@ def build_artifact(
     mod = tvm.ir.load_json(mod_json)
     rt_mod = compile_candidate(mod, tvm.target.Target(target))
     path = export_candidate(rt_mod, artifact_dir, cross_compiler)
+    # the weights the candidate takes packed, for the check (`prepack`)
+    write_rewrites(Path(path).parent, weight_rewrites(mod))
     log.debug("built %s in %.3f s", path, time.perf_counter() - started)
     return path
 
@@ -244,8 +248,9 @@ def ray_build_task(
     cross_compiler: str | None,
     lease_dir: str | None,
     driver_node_id: str,
-) -> tuple[str, str | bytes]:
-    """A build on a Ray worker: ("path", path) on the driver's node, else ("bytes", library).
+) -> tuple[str, str | tuple[bytes, str | None]]:
+    """A build on a Ray worker: ("path", path) on the driver's node, else ("bytes", (library,
+    its `prepack.SIDECAR` text or None)).
 
     A library built on the driver's machine is written where the runner reads it; one built
     on another node comes back as bytes.
@@ -257,8 +262,10 @@ def ray_build_task(
         if same_node:
             return "path", build_artifact(mod_json, target, artifact_dir, cross_compiler)
         with tempfile.TemporaryDirectory(prefix="ago-ray-build-") as scratch:
-            path = build_artifact(mod_json, target, scratch, cross_compiler)
-            return "bytes", Path(path).read_bytes()
+            path = Path(build_artifact(mod_json, target, scratch, cross_compiler))
+            sidecar = path.parent / SIDECAR
+            rewrites = sidecar.read_text() if sidecar.is_file() else None
+            return "bytes", (path.read_bytes(), rewrites)
 
 
 _REMOTE_BUILD: Any = None
@@ -368,7 +375,10 @@ class RayBuilder(PyBuilder):
             return self.statuses.remember(failed, Status.BUILD_ERROR)
         if kind == "path":
             return BuilderResult(str(value), None)
+        library, rewrites = value
         path = _new_artifact_path(self.artifact_dir)
-        path.write_bytes(value)
+        path.write_bytes(library)
         os.chmod(path, 0o644)
+        if rewrites is not None:
+            (path.parent / SIDECAR).write_text(rewrites)
         return BuilderResult(str(path), None)

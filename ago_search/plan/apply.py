@@ -9,8 +9,11 @@ appearance, constants lifted to parameters "param_<k>" as TVM's FuseOps does; it
 members read outside the group (a tuple if several). The members in `main` are replaced by one
 call of it (and a TupleGetItem per output, bound to the original output vars, so the rest of
 `main` is left untouched). FuseTIR then turns each function into one PrimFunc named after the
-group. For TVM's own grouping the PrimFuncs equal those of TVM's default pipeline (a singleton
-lacks only the `op_pattern` attribute), so MetaSchedule records carry over.
+group. For TVM's own grouping the PrimFuncs equal those of TVM's tuning pipeline with weights
+prepacked (`static_shape_tuning_pipeline(cpu_weight_prepack=True)`: a singleton lacks only the
+`op_pattern` attribute, a kernel without weights an empty `layout_free_buffers`), so
+MetaSchedule records carry over. Weights are layout-free (`mark_prepacked`): each schedule
+picks their layout, packed at compile time.
 
 *Every* group is wrapped, singletons included: FuseOps treats calls of Relax functions as
 opaque and never touches Primitive functions, but it would fuse two neighbouring call_tirs
@@ -435,7 +438,7 @@ def apply_plan(
     validate_plan(graph, plan)
     grouped = _group_bindings(legalized_mod, graph, plan)
     passes = tvm.transform.Sequential(
-        [relax.transform.FuseOps(), relax.transform.FuseTIR()], name="ago_fuse"
+        [relax.transform.FuseOps(), relax.transform.FuseTIR(), mark_prepacked()], name="ago_fuse"
     )
     if target is None:
         return passes(grouped)
@@ -597,6 +600,61 @@ class _Borders:
         self.produced[out] = (laid.layout.name, result)
 
 
+LAYOUT_FREE_ATTR = "layout_free_buffers"
+
+
+def mark_prepacked() -> tvm.transform.Pass:
+    """Every kernel's parameters that the model binds to constants (weights, biases) made
+    layout-free: named in its PrimFunc's `layout_free_buffers` attribute, so that MetaSchedule's
+    `RewriteLayout` postprocessor lets each schedule store them in the layout its loops read
+    best, packed once at compile time (`ago_search.build.pack_weights`; see
+    `ago_search.measure.prepack`). The attribute is part of the task's workload, so it is set
+    here, before tasks are extracted; kernels without constant parameters get none (their
+    workloads stay those of TVM's own pipeline).
+
+    What TVM's `AttachAttrLayoutFreeBuffers` does, but in place: that pass re-adds each
+    PrimFunc under a new GlobalVar, and as the old one still exists the new one's name gets a
+    "1" appended, which would part kernels from their groups. Only constants count (the
+    frontend binds every weight as one); that pass also counts parameters of `main` past its
+    `num_input`, which would make the inputs of `fuse_groups`' stand-in `main` weights. A
+    PrimFunc called from several places gets the positions that are constant at every call.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="ago_mark_prepacked")
+    def mark(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        free: dict[Any, set[int]] = {}
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                _layout_free_arguments(func, free)
+        marked = mod.clone()
+        for gvar, positions in free.items():
+            func = mod[gvar]
+            if positions and isinstance(func, tvm.tirx.PrimFunc):
+                marked[gvar] = func.with_attr(LAYOUT_FREE_ATTR, sorted(positions))
+        return marked
+
+    return mark
+
+
+def _layout_free_arguments(func: relax.Function, free: dict[Any, set[int]]) -> None:
+    """For each PrimFunc `func` calls: the positions of its arguments that are constants,
+    intersected with what `free` holds for it."""
+
+    def visit(expr: Any) -> None:
+        if not (
+            isinstance(expr, relax.Call)
+            and isinstance(expr.op, tvm.ir.Op)
+            and expr.op.name == "relax.call_tir"
+            and isinstance(expr.args[0], tvm.ir.GlobalVar)
+        ):
+            return
+        positions = {i for i, a in enumerate(expr.args[1].fields) if isinstance(a, tvm.ir.Constant)}
+        gvar = expr.args[0]
+        free[gvar] = free[gvar] & positions if gvar in free else positions
+
+    relax.analysis.post_order_visit(func, visit)
+
+
 def _is_groupable(unit: _Unit) -> bool:
     """A group that is one binding which is no call_tir stays in main as it is."""
     return any(_is_call_tir(b.value) for _, b in unit.bindings)
@@ -669,6 +727,7 @@ def fuse_groups(
         [
             relax.transform.Normalize(),
             relax.transform.FuseTIR(),
+            mark_prepacked(),
             relax.transform.DeadCodeElimination([graph.func_name]),
         ],
         name="ago_fuse_groups",

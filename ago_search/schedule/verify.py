@@ -29,6 +29,11 @@ workspace pool keeps freed buffers) they are right by luck. On the two-conv grou
 thread with glibc's malloc perturbation on (`measure.runner._run_on_dirty_memory`): every
 intermediate buffer starts as garbage. Over RPC the device's memory is not poisoned.
 
+Packed weights. A candidate of a task whose weights are layout-free takes them in the layout
+its schedule chose (MetaSchedule's `RewriteLayout`); the builder writes how beside its library
+and the check packs the fixed inputs (and the reference's arguments) the same way before the
+run (`measure.prepack`), so such candidates are checked like any other.
+
 The runner hands the hook only a `RunnerInput` (library path, argument shapes), not the task,
 so the tuning loop tells the hook which task it is measuring (`select`) right before it sends
 that task's candidates; a candidate whose arguments do not match the selected task's is
@@ -48,6 +53,7 @@ import numpy as np
 import tvm
 
 from ago_search.measure.compare import compare_output
+from ago_search.measure.prepack import pack_array, read_rewrites
 
 __all__ = [
     "DTYPE_TOLERANCES",
@@ -163,6 +169,31 @@ def compute_reference(mod: tvm.IRModule, seed: int) -> Reference:
     )
 
 
+def _packed_reference(reference: Reference, artifact_path: Any) -> Reference | None:
+    """The reference as a candidate that packs weights (`measure.prepack`) takes it: the
+    packed parameters' inputs and outputs packed the way it packs them; None when the
+    candidate packs nothing."""
+    try:
+        rewrites = read_rewrites(str(artifact_path))
+    except (OSError, ValueError) as err:
+        log.warning("candidate %s: its weight layouts unreadable: %s", artifact_path, err)
+        return None
+    if not rewrites:
+        return None
+    inputs, outputs = list(reference.inputs), list(reference.outputs)
+    args_info = [list(a) for a in reference.args_info]
+    for rewrite in rewrites:
+        inputs[rewrite.arg] = pack_array(inputs[rewrite.arg], rewrite)
+        inputs[rewrite.arg].flags.writeable = False
+        outputs[rewrite.arg] = pack_array(outputs[rewrite.arg], rewrite)
+        args_info[rewrite.arg][2] = rewrite.shape
+    return Reference(
+        args_info=tuple((k, d, tuple(s)) for k, d, s in args_info),
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+    )
+
+
 @dataclass(frozen=True)
 class ArgumentError:
     """How far one argument of a candidate is from the reference."""
@@ -236,6 +267,7 @@ class ReferenceCheck:
         self._references: dict[str, Reference] = {}
         self._current: str | None = None
         self._unavailable: set[str] = set()
+        self._packed: dict[str, Reference] = {}  # library path -> reference with packed weights
         self.outcomes: list[CheckOutcome] = []
 
     def add(self, task_key: str, mod: tvm.IRModule) -> None:
@@ -246,6 +278,7 @@ class ReferenceCheck:
         if task_key is not None and task_key not in self._modules:
             raise KeyError(f"task {task_key} was not added to the check")
         self._current = task_key
+        self._packed.clear()  # left by candidates whose run failed before their check
 
     @property
     def selected(self) -> str | None:
@@ -278,18 +311,24 @@ class ReferenceCheck:
         if reference is None:
             return None
         if not reference.matches(runner_input.args_info):
-            log.warning(
-                "a candidate's arguments do not match task %s: measured without a check",
-                self._current,
-            )
-            return None
+            packed = _packed_reference(reference, runner_input.artifact_path)
+            if packed is None or not packed.matches(runner_input.args_info):
+                log.warning(
+                    "a candidate's arguments do not match task %s: measured without a check",
+                    self._current,
+                )
+                return None
+            self._packed[str(runner_input.artifact_path)] = packed
+            return list(packed.inputs)
         return list(reference.inputs)
 
     def check(self, runner_input: Any, outputs: Sequence[np.ndarray]) -> str | None:
         if self._current is None:
             return None
         key = self._current
-        reference = self._usable_reference(key)
+        reference = self._packed.pop(str(runner_input.artifact_path), None)
+        if reference is None:
+            reference = self._usable_reference(key)
         if reference is None:
             return None
         try:
