@@ -98,10 +98,6 @@ def write_rewrites(folder: str | Path, rewrites: tuple[WeightRewrite, ...]) -> N
         (Path(folder) / SIDECAR).write_text(text)
 
 
-def sidecar_text(rewrites: tuple[WeightRewrite, ...]) -> str | None:
-    return json.dumps([r.to_json() for r in rewrites]) if rewrites else None
-
-
 def read_rewrites(artifact_path: str | Path) -> tuple[WeightRewrite, ...]:
     """The rewrites written beside a candidate's library; empty when it packs nothing."""
     path = Path(artifact_path).parent / SIDECAR

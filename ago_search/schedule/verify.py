@@ -183,9 +183,15 @@ def _packed_reference(reference: Reference, artifact_path: Any) -> Reference | N
     inputs, outputs = list(reference.inputs), list(reference.outputs)
     args_info = [list(a) for a in reference.args_info]
     for rewrite in rewrites:
-        inputs[rewrite.arg] = pack_array(inputs[rewrite.arg], rewrite)
+        try:
+            inputs[rewrite.arg] = pack_array(inputs[rewrite.arg], rewrite)
+            outputs[rewrite.arg] = pack_array(outputs[rewrite.arg], rewrite)
+        except (NotImplementedError, IndexError, ValueError) as err:
+            log.warning(
+                "candidate %s: its weights not packed for the check: %s", artifact_path, err
+            )
+            return None
         inputs[rewrite.arg].flags.writeable = False
-        outputs[rewrite.arg] = pack_array(outputs[rewrite.arg], rewrite)
         args_info[rewrite.arg][2] = rewrite.shape
     return Reference(
         args_info=tuple((k, d, tuple(s)) for k, d, s in args_info),
