@@ -128,6 +128,37 @@ def compile_from_db(planned: PlannedModel, db: Path, device_key: str) -> Any:
         )
 
 
+def arm_row(report: Any, tuning_s: float) -> dict:
+    """One tuning arm's figures: wall time, trials, the tasks' bests summed (weights counted)."""
+    return {
+        "tuning_s": tuning_s,
+        "trials": report.trials_run,
+        "summed_best_ms": sum((r.best_seconds or 0) * r.weight * 1e3 for r in report.tasks),
+    }
+
+
+def bench_arms(planned: PlannedModel, host: Any, builds: dict, out: dict, summed: str = "") -> None:
+    """Time each arm's build beside ORT in one benchmark (outputs checked), add the end-to-end
+    figures to `out["arms"]` and print a line per arm; `summed` qualifies the bests' sum."""
+    from ago_search.search.finish import runtime_seconds
+
+    bench = bench_model(planned.imported, threads=[host.threads], builds=builds)
+    ort = runtime_seconds(bench, ORT)
+    out["ort_ms"] = ort * 1e3 if ort else None
+    print(f"ORT {out['ort_ms']:.3f} ms")
+    for arm in builds:
+        seconds = runtime_seconds(bench, arm)
+        run = next(r for r in bench.runs if r.runtime == arm)
+        row = out["arms"][arm]
+        row["end_to_end_ms"] = seconds * 1e3 if seconds else None
+        row["verified"] = run.verified
+        print(
+            f"{arm}: end to end {row['end_to_end_ms']:.3f} ms (vs ORT {ort / seconds:.2f}x), "
+            f"tasks' bests summed {row['summed_best_ms']:.3f} ms{summed}, {row['trials']} "
+            f"trials in {row['tuning_s']:.0f} s, verified {row['verified']}"
+        )
+
+
 def bench_one(name: str, entry: dict, args: argparse.Namespace, host: Any) -> dict:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)

@@ -29,15 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
-from bench_tuning import compile_from_db  # noqa: E402
+from bench_tuning import arm_row, bench_arms, compile_from_db  # noqa: E402
 
-from ago_search.bench import ORT, bench_model  # noqa: E402
 from ago_search.devices import detect_host  # noqa: E402
 from ago_search.measure import TUNING_PROTOCOL, MeasureProtocol  # noqa: E402
 from ago_search.pipeline import load_planned  # noqa: E402
 from ago_search.schedule.config import TuningConfig  # noqa: E402
 from ago_search.schedule.tune import tune_tasks  # noqa: E402
-from ago_search.search.finish import runtime_seconds  # noqa: E402
 from cost_model.factory import make_cost_model  # noqa: E402
 
 log = logging.getLogger("cold_tuning")
@@ -78,28 +76,9 @@ def main() -> int:
             )
             wall = time.perf_counter() - started
             builds[arm] = compile_from_db(planned, db, host.key).executable
-            out["arms"][arm] = {
-                "tuning_s": wall,
-                "trials": report.trials_run,
-                "summed_best_ms": sum((r.best_seconds or 0) * r.weight * 1e3 for r in report.tasks),
-            }
+            out["arms"][arm] = arm_row(report, wall)
             log.info("%s: %d trials in %.0f s", arm, report.trials_run, wall)
-        bench = bench_model(planned.imported, threads=[host.threads], builds=builds)
-    ort = runtime_seconds(bench, ORT)
-    out["ort_ms"] = ort * 1e3 if ort else None
-    print(f"ORT {out['ort_ms']:.3f} ms")
-    for arm in PROTOCOLS:
-        seconds = runtime_seconds(bench, arm)
-        run = next(r for r in bench.runs if r.runtime == arm)
-        row = out["arms"][arm]
-        row["end_to_end_ms"] = seconds * 1e3 if seconds else None
-        row["verified"] = run.verified
-        print(
-            f"{arm}: end to end {row['end_to_end_ms']:.3f} ms (vs ORT "
-            f"{ort / seconds:.2f}x), tasks' bests summed {row['summed_best_ms']:.3f} ms as "
-            f"this protocol times them, {row['trials']} trials in {row['tuning_s']:.0f} s, "
-            f"verified {row['verified']}"
-        )
+    bench_arms(planned, host, builds, out, summed=" as this protocol times them")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
 import tvm  # noqa: E402
+from bench_tuning import arm_row, bench_arms  # noqa: E402
 
-from ago_search.bench import ORT, bench_model  # noqa: E402
 from ago_search.build import compile_plan_tuned  # noqa: E402
 from ago_search.database import SqliteDatabase, TuningDatabase  # noqa: E402
 from ago_search.devices import detect_host  # noqa: E402
@@ -38,7 +39,6 @@ from ago_search.plan.apply import LAYOUT_FREE_ATTR  # noqa: E402
 from ago_search.schedule.config import TuningConfig  # noqa: E402
 from ago_search.schedule.tasks import extract_tasks  # noqa: E402
 from ago_search.schedule.tune import tune_tasks  # noqa: E402
-from ago_search.search.finish import runtime_seconds  # noqa: E402
 from cost_model.factory import make_cost_model  # noqa: E402
 
 log = logging.getLogger("prepack_tuning")
@@ -97,28 +97,9 @@ def main() -> int:
                     fused=fused[arm],
                 )
             builds[arm] = built.executable
-            out["arms"][arm] = {
-                "tasks": len(tasks),
-                "tuning_s": wall,
-                "trials": report.trials_run,
-                "summed_best_ms": sum((r.best_seconds or 0) * r.weight * 1e3 for r in report.tasks),
-            }
+            out["arms"][arm] = {"tasks": len(tasks), **arm_row(report, wall)}
             log.info("%s: %d trials in %.0f s", arm, report.trials_run, wall)
-        bench = bench_model(planned.imported, threads=[host.threads], builds=builds)
-    ort = runtime_seconds(bench, ORT)
-    out["ort_ms"] = ort * 1e3 if ort else None
-    print(f"ORT {out['ort_ms']:.3f} ms")
-    for arm in ARMS:
-        seconds = runtime_seconds(bench, arm)
-        run = next(r for r in bench.runs if r.runtime == arm)
-        row = out["arms"][arm]
-        row["end_to_end_ms"] = seconds * 1e3 if seconds else None
-        row["verified"] = run.verified
-        print(
-            f"{arm}: end to end {row['end_to_end_ms']:.3f} ms (vs ORT {ort / seconds:.2f}x), "
-            f"tasks' bests summed {row['summed_best_ms']:.3f} ms, {row['trials']} trials in "
-            f"{row['tuning_s']:.0f} s, verified {row['verified']}"
-        )
+    bench_arms(planned, host, builds, out)
     plain, packed = (out["arms"][a]["end_to_end_ms"] for a in ARMS)
     if plain and packed:
         print(f"prepacked over plain: {plain / packed:.2f}x end to end")
