@@ -101,6 +101,7 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
     proc.kill()
     proc.communicate(timeout=30)
     after_kill = len(_search_records(db))
+    spent_before = json.loads((out / "search-state.json").read_text())["spent_s"]
 
     # the same command goes on to the end of the budget
     result = subprocess.run(
@@ -112,7 +113,16 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
     assert len(records) == len(set(records)), "a schedule was measured twice"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verified"] is True and summary["finished"] is True
-    assert summary["spent_s"] <= budget * 1.10 + 5
+    final_s = next(e["seconds"] for e in summary["end_to_end"] if e.get("final"))
+    if spent_before + 30 < budget:
+        # time was left: the run tunes until what finishing needs is left, and ends on time
+        assert summary["spent_s"] <= budget * 1.10 + 5
+    else:
+        # a slow machine spent (nearly) the budget in the first two runs (each starts in up to
+        # 60 s): the resumed run starts (Ray, the estimators) and finishes, nothing more
+        if spent_before >= budget:
+            assert summary["measurements_this_run"] == 0
+        assert summary["spent_s"] - spent_before <= final_s + 45
     assert summary["latency_s"]["ago_search"] > 0
     assert summary["plans_scored"] >= 3  # at least the three seeds
     assert summary["measurements"] == len(records)
