@@ -78,9 +78,10 @@ def _wait_for_records(db: Path, more_than: int, timeout: float, proc=None) -> in
 def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block_path, tmp_path):
     out = tmp_path / "out"
     db = out / "tuning.db"
-    # a run starts in 20-60 s (Ray, the estimators, the GNN's first compile, the untuned
-    # kernels: 60 s on a 2-core AMD EPYC, where 75 s left the resumed run too little to measure)
-    budget = 120.0
+    # The first two runs are stopped long before their budget ends; the third is given a
+    # budget that leaves it 100 s (a run starts in 20-60 s: Ray, the estimators, the GNN's
+    # first compile; two of them spent all of a 120-s budget on a 2-core AMD EPYC)
+    budget = 600.0
 
     # Ctrl-C: stops within seconds, exit 130, state and measurements kept
     proc = subprocess.Popen(_search_script(block_path, out, budget), stderr=subprocess.PIPE)
@@ -103,7 +104,9 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
     after_kill = len(_search_records(db))
     spent_before = json.loads((out / "search-state.json").read_text())["spent_s"]
 
-    # the same command goes on to the end of the budget
+    # the command again, its budget 100 s more than spent: tunes, and ends on time (the last
+    # round that fits before the finish's reserve ends up to a round early)
+    budget = spent_before + 100.0
     result = subprocess.run(
         _search_script(block_path, out, budget), capture_output=True, text=True, timeout=600
     )
@@ -113,16 +116,8 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
     assert len(records) == len(set(records)), "a schedule was measured twice"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verified"] is True and summary["finished"] is True
-    final_s = next(e["seconds"] for e in summary["end_to_end"] if e.get("final"))
-    if spent_before + 30 < budget:
-        # time was left: the run tunes until what finishing needs is left, and ends on time
-        assert summary["spent_s"] <= budget * 1.10 + 5
-    else:
-        # a slow machine spent (nearly) the budget in the first two runs (each starts in up to
-        # 60 s): the resumed run starts (Ray, the estimators) and finishes, nothing more
-        if spent_before >= budget:
-            assert summary["measurements_this_run"] == 0
-        assert summary["spent_s"] - spent_before <= final_s + 45
+    assert summary["measurements_this_run"] > 0
+    assert budget - 45 <= summary["spent_s"] <= budget + 10
     assert summary["latency_s"]["ago_search"] > 0
     assert summary["plans_scored"] >= 3  # at least the three seeds
     assert summary["measurements"] == len(records)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tvm.ir.utils import derived_object
@@ -27,7 +27,7 @@ from ago_search.database import TuningDatabase, trace_hash
 from ago_search.schedule.config import TuningConfig
 from ago_search.schedule.transfer import DonorPool, read_trace
 
-__all__ = ["SkipMeasured", "TrialBudget", "make_search_strategy"]
+__all__ = ["RoundPace", "SkipMeasured", "TrialBudget", "make_search_strategy"]
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +43,84 @@ def make_search_strategy(config: TuningConfig) -> ms.search_strategy.SearchStrat
 
 
 @dataclass
+class RoundPace:
+    """What a round costs on this machine, learnt from the rounds run (moving averages): the
+    search proposing it (`search_s`: MetaSchedule's evolutionary search with the cost model's
+    predictions, 5-15 s on 2 cores) and building and measuring each of its candidates
+    (`trial_s`). A `TuningSession` keeps one across its tuning runs, and a search saves it with
+    its state, so the first round of a run is paced like the rounds before it."""
+
+    search_s: float | None = None
+    trial_s: float | None = None
+
+    def add_search(self, seconds: float) -> None:
+        self.search_s = _average(self.search_s, seconds)
+
+    def add_trials(self, seconds: float, trials: int) -> None:
+        if trials > 0:
+            self.trial_s = _average(self.trial_s, seconds / trials)
+
+    def smallest_round_s(self) -> float:
+        """A round of one candidate (0 before any round)."""
+        return (self.search_s or 0.0) + (self.trial_s or 0.0)
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"search_s": self.search_s, "trial_s": self.trial_s}
+
+    @classmethod
+    def from_json(cls, data: Any) -> RoundPace:
+        data = data if isinstance(data, dict) else {}
+        return cls(
+            **{k: float(data[k]) for k in ("search_s", "trial_s") if data.get(k) is not None}
+        )
+
+
+def _average(previous: float | None, seconds: float) -> float:
+    return seconds if previous is None else 0.5 * (previous + seconds)
+
+
+@dataclass
 class TrialBudget:
     """Trials left to the whole run, shared by the tasks' searches: MetaSchedule's loop stops
     starting rounds at its budget but lets the last round run over it (a round of 64 started
     at 129 of 130 measures 64); the searches cut that round to what is left. `deadline` (a
-    `time.monotonic()` value) ends the run in time: no round starts after it, and a round
-    that starts near it is cut to the candidates the time left allows at the pace of the
-    rounds before (a round of 16 is 10-20 s, which a short budget cannot overrun)."""
+    `time.monotonic()` value) ends the run in time: no round starts when the time left holds
+    no round of one candidate at `pace`, and a round is cut to the candidates the time left
+    after its search allows (a round of 16 is 10-35 s on 2 cores: a 120-s search whose
+    resumed run had no pace yet ended its tuning 31 s late)."""
 
     remaining: int
     deadline: float | None = None
     stop: Callable[[], bool] | None = None  # asked before each round: True ends the run
+    pace: RoundPace = field(default_factory=RoundPace)
     _round_started: float | None = None
     _round_size: int = 0
-    _seconds_per_trial: float | None = None
+    _search_started: float | None = None
 
     def exhausted(self) -> bool:
-        return (
-            self.remaining <= 0
-            or (self.deadline is not None and time.monotonic() >= self.deadline)
-            or (self.stop is not None and self.stop())
-        )
+        """Asked before each round's search: whether no more rounds start."""
+        now = time.monotonic()
+        if self._round_started is not None:  # the round before was built and measured
+            self.pace.add_trials(now - self._round_started, self._round_size)
+            self._round_started = None
+        if self.remaining <= 0:
+            return True
+        if self.deadline is not None and self.deadline - now <= self.pace.smallest_round_s():
+            return True
+        if self.stop is not None and self.stop():
+            return True
+        self._search_started = time.monotonic()
+        return False
 
     def take(self, wanted: int) -> int:
-        """How many of `wanted` candidates the next round measures; starts the round."""
+        """How many of `wanted` candidates the round the search just proposed measures."""
         now = time.monotonic()
-        if self._round_started is not None and self._round_size > 0:
-            pace = (now - self._round_started) / self._round_size
-            previous = self._seconds_per_trial
-            self._seconds_per_trial = pace if previous is None else 0.5 * (previous + pace)
+        if self._search_started is not None:
+            self.pace.add_search(now - self._search_started)
+            self._search_started = None
         allowed = min(wanted, self.remaining)
-        if self.deadline is not None and self._seconds_per_trial:
-            fits = int((self.deadline - now) / self._seconds_per_trial)
+        if self.deadline is not None and self.pace.trial_s:
+            fits = int((self.deadline - now) / self.pace.trial_s)
             allowed = min(allowed, max(1, fits))
         self.remaining -= allowed
         self._round_started, self._round_size = now, allowed

@@ -51,7 +51,12 @@ from ago_search.schedule.results import (
 )
 from ago_search.schedule.rules import space_generator
 from ago_search.schedule.scheduler import FirstPassScheduler, TaskPrior, first_pass_round
-from ago_search.schedule.strategy import SkipMeasured, TrialBudget, make_search_strategy
+from ago_search.schedule.strategy import (
+    RoundPace,
+    SkipMeasured,
+    TrialBudget,
+    make_search_strategy,
+)
 from ago_search.schedule.tasks import Task
 from ago_search.schedule.transfer import DonorPool
 from ago_search.schedule.verify import ReferenceCheck
@@ -218,6 +223,7 @@ class TuningSession:
         self.left_out: dict[str, str] = {}  # task key -> why it cannot be tuned
         self._warmed: set[tuple[int, str]] = set()  # (id of the cost model, task key)
         self.transfer = DonorPool(self.store, device.key)  # kept: what each task was given
+        self.pace = RoundPace()  # what a round costs here, learnt across the tuning runs
 
     def __enter__(self) -> TuningSession:
         return self
@@ -341,7 +347,7 @@ class TuningSession:
     ) -> None:
         store, device_key, check = self.store, self.device.key, self.check
         on_round = check.select if check is not None else None
-        budget = TrialBudget(remaining, deadline, stop)
+        budget = TrialBudget(remaining, deadline, stop, pace=self.pace)
         kept, priors = self._keep_schedulable(tasks, priors, config, num_threads)
         left_out = [task for task in tasks if task.key in self.left_out]
         if left_out and not config.measure_untuned:

@@ -46,6 +46,7 @@ from ago_search.plan import cancelled_borders, graph_fingerprint
 from ago_search.schedule.config import TuningConfig
 from ago_search.schedule.results import task_results
 from ago_search.schedule.scheduler import first_pass_round
+from ago_search.schedule.strategy import RoundPace
 from ago_search.schedule.tasks import Task
 from ago_search.schedule.tune import TuningSession
 from ago_search.search.budget import Budget, format_duration
@@ -237,13 +238,19 @@ class _Search:
             TuningConfig(trials=0, protocol=self.config.protocol),
             work_dir=self.folder.path,
         )
+        self.session.pace = RoundPace.from_json(self.state.round_pace)  # a resumed run's too
         self.pool = pool
         self.run_started = time.monotonic()
         previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         interrupted = False
         try:
             self._restore(pool)
-            while not self.budget.expired(self._reserve()) and not self.stop_requested:
+            # (a round that cannot end before the finish's reserve does not start: the finish
+            # starts then instead of a loop that starts none)
+            while (
+                not self.budget.expired(self._reserve() + self.session.pace.smallest_round_s())
+                and not self.stop_requested
+            ):
                 self._propose(pool)
                 self._collect(pool, wait=0.0 if self.leader is not None else 5.0)
                 self._measure_untunable()
@@ -616,7 +623,7 @@ class _Search:
             max(self._seed_wait_left(), self._explored_wait_left()),
             self.budget.left - self._reserve(),
         )
-        round_s = self._explore_round_s()
+        round_s = max(self._explore_round_s(), self.session.pace.smallest_round_s())
         if left < round_s:
             return
         per_kind = 1 + max(self.scorer.tuned_of_kind(kind) for kind in plans)
@@ -714,7 +721,10 @@ class _Search:
         if not tasks:
             return
         started = time.monotonic()
-        deadline = min(started + self.config.slice_seconds(), self.budget.deadline(reserve))
+        # the budget's deadline is hard (no round starts that cannot end before it); the
+        # slice's end soft (no round starts after it: `stop`)
+        deadline = self.budget.deadline(reserve)
+        slice_end = started + self.config.slice_seconds()
         results = task_results(self.store, tasks, self.device.key)
         before = sum(r.trials for r in results)
         config = TuningConfig(
@@ -730,17 +740,22 @@ class _Search:
         leader = self.leader
         last_look = started
         why: str | None = None  # why the run ended, once it should
+        rounds_asked = 0  # the slice ends a run after one round at least
 
         def stop() -> bool:
             # Asked by every task's search before each of its rounds; once it says True it
             # keeps saying so, or the other tasks would go on with rounds until their next look.
-            nonlocal last_look, why
+            nonlocal last_look, why, rounds_asked
             if why is not None:
                 return True
             if self.stop_requested:
                 why = "Ctrl-C"
                 return True
             now = time.monotonic()
+            if now >= slice_end and rounds_asked:
+                why = "the slice's end"
+                return True
+            rounds_asked += 1
             if now - last_look < self.config.look_s:
                 return False
             last_look = now
@@ -1141,6 +1156,7 @@ class _Search:
 
     def _save(self) -> None:
         self.state.spent_s = self.budget.spent
+        self.state.round_pace = self.session.pace.to_json()
         self.state.searcher = self.searcher.save()
         self.state.leader = self.leader_key
         best = self.searcher.best(1)

@@ -73,6 +73,8 @@ class SearchState:
     exploration_s: float = 0.0
     # task key -> its kernel's time inside the model / alone (the end-to-end timings)
     in_model: dict[str, float] = field(default_factory=dict)
+    # what a tuning round costs here (`schedule.strategy.RoundPace.to_json`)
+    round_pace: dict[str, float | None] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +95,7 @@ class SearchState:
             "explored": self.explored,
             "exploration_s": self.exploration_s,
             "in_model": self.in_model,
+            "round_pace": self.round_pace,
         }
 
     @staticmethod
@@ -118,6 +121,7 @@ class SearchState:
             explored=list(data.get("explored", [])),
             exploration_s=float(data.get("exploration_s", 0.0)),
             in_model={k: float(v) for k, v in (data.get("in_model") or {}).items()},
+            round_pace=dict(data.get("round_pace") or {}),
         )
 
 

@@ -1,0 +1,40 @@
+"""Rounds paced to the deadline: a run learns what a round costs and starts none it cannot end."""
+
+from __future__ import annotations
+
+import time
+
+from ago_search.schedule.strategy import RoundPace, TrialBudget
+
+
+def _round(budget: TrialBudget, search_s: float, trials_s: float, wanted: int) -> int:
+    """One round as MetaSchedule runs it: asked, searched, cut, built and measured."""
+    assert not budget.exhausted()
+    time.sleep(search_s)
+    taken = budget.take(wanted)
+    time.sleep(trials_s * taken)
+    return taken
+
+
+def test_a_round_is_cut_to_the_time_left_and_none_starts_that_cannot_end():
+    budget = TrialBudget(remaining=1000, deadline=time.monotonic() + 1.0)
+    assert _round(budget, 0.05, 0.02, 4) == 4  # nothing learnt yet: the round as asked
+    assert 0.03 < budget.pace.search_s < 0.2
+    taken = _round(budget, 0.05, 0.02, 1000)  # (its start learnt the candidates' pace)
+    assert 0.015 < budget.pace.trial_s < 0.1
+    assert 5 < taken < 60  # ~0.9 s left after its search, 0.02 s a candidate
+    # what is left now holds no round (search + one candidate): none starts
+    time.sleep(max(0.0, budget.deadline - time.monotonic() - 0.5 * budget.pace.search_s))
+    assert budget.exhausted()
+
+
+def test_the_pace_carries_over_to_the_next_run_and_through_json():
+    first = TrialBudget(remaining=100, deadline=time.monotonic() + 10.0)
+    _round(first, 0.05, 0.01, 3)
+    assert not first.exhausted()  # closes the round: its candidates' pace is learnt
+    pace = RoundPace.from_json(first.pace.to_json())
+    assert pace.search_s == first.pace.search_s and pace.trial_s == first.pace.trial_s
+    # a run with less time left than one round of the pace learnt starts none at all
+    second = TrialBudget(remaining=100, deadline=time.monotonic() + 0.03, pace=pace)
+    assert second.exhausted()
+    assert RoundPace.from_json(None).smallest_round_s() == 0.0
