@@ -327,6 +327,7 @@ def bench_model(
     builds: Mapping[str, Any] | None = None,
     tvm_default: bool = True,
     profile_runs: int = 0,
+    default_protocol: MeasureProtocol | None = None,
 ) -> BenchResult:
     """ORT vs TVM's default build of `imported`, per thread count, timed and verified.
 
@@ -337,7 +338,9 @@ def bench_model(
     verified like TVM's default build, as runtime `label`. tvm_default=False leaves TVM's
     default build out (ORT still runs: it is the reference). profile_runs: each of `builds`
     is also run that many times with every function call timed inside the model
-    (`RuntimeRun.kernels`), after its timing.
+    (`RuntimeRun.kernels`), after its timing. default_protocol: how TVM's default build is
+    timed (None: `protocol`; a search's finish times it briefly: ResNet-18's untuned build
+    runs 2.2 s a call, and the default protocol's 14 calls took 39 s of a 5-min budget).
     """
     from ago_search import build, devices
 
@@ -388,7 +391,7 @@ def bench_model(
                     model,
                     input_names,
                     inputs,
-                    protocol,
+                    default_protocol if runtime == TVM_DEFAULT and default_protocol else protocol,
                     timeout_s,
                     profile_runs if runtime in builds else 0,
                 )

@@ -31,6 +31,10 @@ __all__ = ["OURS", "PlanMeasurement", "measure_plan", "search_summary", "spearma
 
 log = logging.getLogger(__name__)
 
+# How the finish times TVM's default build, a reference figure only: one warm-up call and
+# three timed ones (each call at least 50 ms, as the default protocol asks)
+REFERENCE_PROTOCOL = MeasureProtocol(warmup=1, number=None, repeat=3, min_repeat_ms=50.0)
+
 OURS = "ago-search"
 
 
@@ -83,6 +87,9 @@ def measure_plan(
         builds={OURS: tuned.executable},
         tvm_default=tvm_default,
         profile_runs=profile_runs,
+        # TVM's default build is a reference only (untuned: 50-100x slower), timed in a
+        # few calls
+        default_protocol=REFERENCE_PROTOCOL,
     )
     ours = next(r for r in bench.runs if r.runtime == OURS)
     errors = []
