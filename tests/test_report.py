@@ -13,6 +13,7 @@ from ago_search.report import (
     format_cost_model_metrics,
     format_inspect,
     format_remeasure,
+    format_search,
     format_tuned,
     markdown_table,
     replace_table,
@@ -435,3 +436,20 @@ def test_api_formatters_format_the_reports_json():
     text = api.format_inspect(inspect)
     assert text == format_inspect(inspect.to_json())
     assert "inputs: x float32[1x4]" in text and "opset 17;" in text
+
+
+def test_the_search_summary_says_how_to_run_its_library():
+    summary = {
+        "model": "m.onnx",
+        "device_key": "host-x",
+        "threads": 2,
+        "latency_s": {"onnxruntime": 0.002, "tvm_default": 0.1, "ago_search": 0.001},
+        "verified": True,
+        "budget_s": 60.0,
+        "spent_s": 59.0,
+        "outputs": {"library": "out/model.so", "plan": "out/plan.json", "database": "db"},
+    }
+    text = format_search(summary)
+    assert "2.00x" in text and "100.00x" in text
+    assert "TVM_NUM_THREADS=2" in text.splitlines()[-1]
+    assert "TVM_NUM_THREADS" not in format_search({**summary, "outputs": {}})
