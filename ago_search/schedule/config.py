@@ -26,9 +26,14 @@ class TuningConfig:
     trials_per_round: candidates measured per round; None: for "first-pass", one round per
         untried task in `first_pass_fraction` of the remaining budget, at most
         `max_round_trials`; for MetaSchedule's schedulers its default, 64.
-    population_size: of the evolutionary search (TVM_NOTES.md: 128 on 2 cores).
+    population_size: of the evolutionary search (MetaSchedule's default 512; TVM_NOTES.md: 128
+        on 2 cores; 64 since 2026-12-07, see genetic_iters).
     genetic_iters: its rounds of mutation scored by the cost model before a round's
-        candidates are picked (MetaSchedule's default 4).
+        candidates are picked (MetaSchedule's default 4; 2 here). A round's search costs the
+        same whatever the round's size (`scripts/round_cost.py`: 14-16 s at 128x4, 4 s at 64x2
+        on a ResNet-18 conv, 2 cores), and at about equal time 64x2 left the tasks better:
+        `scripts/profile_tuning.py` MobileNetV2's 6 heaviest tasks 2.72 ms in 112 s against
+        3.95 ms in 142 s at 128x4, ResNet-18's 4 heaviest 27.0 ms in 157 s against 32.7 in 179.
     search: "evolutionary" (MetaSchedule's EvolutionarySearch, ranked by the cost model) or
         "replay" (ReplayTrace: plain random samples of the design space, no cost model; what
         trace collection wants for unbiased samples, at a fraction of the search's CPU).
@@ -49,8 +54,8 @@ class TuningConfig:
     trials_per_round: int | None = None
     first_pass_fraction: float = 0.5
     max_round_trials: int = 16
-    population_size: int = 128
-    genetic_iters: int = 4
+    population_size: int = 64
+    genetic_iters: int = 2
     search: str = "evolutionary"
     verify: bool = True
     measure_untuned: bool = True
