@@ -107,10 +107,17 @@ def inspect_imported(
     """`inspect` for a model already imported."""
     from ago_search.devices import host_target
     from ago_search.graph import summarize
-    from ago_search.pipeline import SEED_NAMES, prepare_model, resolve_plan, seed_partition
+    from ago_search.pipeline import (
+        SEED_NAMES,
+        plan_winograd,
+        prepare_model,
+        resolve_plan,
+        seed_partition,
+    )
     from ago_search.plan import group_function_names, plan_borders, validate_plan
 
-    prepared = prepare_model(imported, host_target(), apply_rewrites=rewrite)
+    winograd = plan_winograd(plan) if plan else None
+    prepared = prepare_model(imported, host_target(), apply_rewrites=rewrite, winograd=winograd)
     seconds = {**imported.seconds, **prepared.seconds}
     graph = prepared.graph
 

@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tasks' best schedules)",
     )
     search.add_argument(
+        "--winograd",
+        choices=["off", "2", "4"],
+        default="4",
+        help="compute 3x3 stride-1 convs as Winograd F(m,3) convs with this tile m (fewer "
+        "multiplies, the filters transformed at compile time; default: 4) or directly (off)",
+    )
+    search.add_argument(
         "--no-progress", action="store_true", help="no progress bar (log lines only)"
     )
 
@@ -372,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
                 layouts=not args.no_layouts,
                 transfer=not args.no_transfer,
+                winograd=None if args.winograd == "off" else int(args.winograd),
             )
             print(api.format_search(result))
             if result.interrupted:

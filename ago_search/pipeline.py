@@ -50,6 +50,7 @@ class PreparedModel:
     graph: OpGraph
     rewrite_report: RewriteReport | None
     seconds: dict[str, float] = field(default_factory=dict)
+    winograd: int | None = None  # the Winograd tile its 3x3 convs were legalized with, if any
 
 
 def prepare_model(
@@ -57,8 +58,10 @@ def prepare_model(
     target: tvm.target.Target,
     rewrite_rules: Sequence[str] | None = None,
     apply_rewrites: bool = True,
+    winograd: int | None = None,
 ) -> PreparedModel:
-    """Rewrite (all rules, or the ones named), legalize and build the OpGraph."""
+    """Rewrite (all rules, or the ones named), legalize and build the OpGraph. `winograd`: a
+    tile size (`ago_search.graph.winograd.TILES`) for the 3x3 stride-1 convs it applies to."""
     seconds: dict[str, float] = {}
     mod, report = imported.mod, None
     if apply_rewrites:
@@ -67,12 +70,12 @@ def prepare_model(
         seconds["rewrite"] = time.perf_counter() - start
         log.info("rewrites: %d -> %d operator bindings", report.ops_before, report.ops_after)
     start = time.perf_counter()
-    legalized = legalize(mod, target)
+    legalized = legalize(mod, target, winograd=winograd)
     seconds["legalize"] = time.perf_counter() - start
     start = time.perf_counter()
     graph = build_opgraph(mod, target=target, legalized=legalized)
     seconds["opgraph"] = time.perf_counter() - start
-    return PreparedModel(imported, target, mod, legalized, graph, report, seconds)
+    return PreparedModel(imported, target, mod, legalized, graph, report, seconds, winograd)
 
 
 SEED_NAMES = ("tvm", "dnnfusion", "intensive")
@@ -173,12 +176,33 @@ def plan_model(prepared: PreparedModel, plan: str | Path | Plan = "tvm") -> Plan
     """Apply one plan (seed name, plan.json or `Plan`) to a prepared model; extract its tasks."""
     start = time.perf_counter()
     the_plan, name = resolve_plan(prepared, plan)
+    if the_plan.winograd != prepared.winograd and isinstance(plan, str | Path):
+        raise AgoSearchError(
+            f"--plan {plan} is a plan of the model with {_winograd_text(the_plan.winograd)}, "
+            f"not with {_winograd_text(prepared.winograd)}: prepare the model as the plan says "
+            "(ago-search reads it from the plan file where it loads the model itself)"
+        )
+    the_plan = replace(the_plan, winograd=prepared.winograd)
     fused = apply_plan(prepared.legalized, prepared.graph, the_plan, prepared.target)
     seconds = {"plan": time.perf_counter() - start}
     start = time.perf_counter()
     tasks = extract_tasks(fused, prepared.target, the_plan, prepared.graph)
     seconds["tasks"] = time.perf_counter() - start
     return PlannedModel(prepared, the_plan, name, fused, tuple(tasks), seconds)
+
+
+def _winograd_text(tile: int | None) -> str:
+    return f"Winograd F({tile}x{tile}, 3x3) convs" if tile else "direct convs"
+
+
+def plan_winograd(plan: str | Path | Plan) -> int | None:
+    """The Winograd tile a plan (a `Plan` or a plan.json) was made with; None for a seed name."""
+    if isinstance(plan, Plan):
+        return plan.winograd
+    if is_seed_name(str(plan)) and not Path(plan).is_file():
+        return None
+    path = Path(plan)
+    return Plan.load(path).winograd if path.is_file() else None
 
 
 def import_model(
@@ -204,14 +228,23 @@ def load_planned(
     *,
     rewrite_rules: Sequence[str] | None = None,
     apply_rewrites: bool = True,
+    winograd: int | None = None,
 ) -> PlannedModel:
     """Model file (or imported model) -> imported, prepared, planned, fused, tasks, for the
-    device's target (`device`: "host", a profile name or TOML path, or a `DeviceProfile`)."""
+    device's target (`device`: "host", a profile name or TOML path, or a `DeviceProfile`).
+    `winograd`: the tile for its 3x3 convs (`ago_search.graph.winograd`); None: as the plan
+    says (a plan.json the search wrote with Winograd convs), else direct."""
     profile = device if isinstance(device, DeviceProfile) else load_device(device)
     start = time.perf_counter()
     imported = import_model(model, input_shapes)
+    if winograd is None:
+        winograd = plan_winograd(plan)
     prepared = prepare_model(
-        imported, profile.tvm_target(), rewrite_rules=rewrite_rules, apply_rewrites=apply_rewrites
+        imported,
+        profile.tvm_target(),
+        rewrite_rules=rewrite_rules,
+        apply_rewrites=apply_rewrites,
+        winograd=winograd,
     )
     seconds = {"prepare": time.perf_counter() - start}
     planned = plan_model(prepared, plan)

@@ -65,12 +65,19 @@ from ago_search.bench import ORT, TVM_DEFAULT, bench_model  # noqa: E402
 from ago_search.build import TunedBuild  # noqa: E402
 from ago_search.database import TuningDatabase  # noqa: E402
 from ago_search.devices import DeviceProfile, detect_host  # noqa: E402
-from ago_search.pipeline import PlannedModel, load_planned, plan_model  # noqa: E402
+from ago_search.pipeline import (  # noqa: E402
+    PlannedModel,
+    load_planned,
+    plan_model,
+    plan_winograd,
+    prepare_model,
+)
 from ago_search.report import markdown_table, replace_table  # noqa: E402
 from ago_search.schedule.config import TuningConfig  # noqa: E402
 from ago_search.schedule.results import task_results  # noqa: E402
 from ago_search.schedule.tune import tune_tasks  # noqa: E402
 from ago_search.search.budget import format_duration, parse_budget  # noqa: E402
+from ago_search.search.config import SearchConfig  # noqa: E402
 from ago_search.search.state import write_json_atomic  # noqa: E402
 from cost_model.factory import make_cost_model  # noqa: E402
 
@@ -80,6 +87,7 @@ DEFAULT_MODELS = ("mobilenetv2", "resnet18", "bert_tiny", "squeezenet")
 METASCHEDULE, TUNE_TASKS, SEARCH = "metaschedule", "tune-tasks", "search"
 SEARCH_NCHW = "search-nchw"
 SEARCH_NO_TRANSFER = "search-no-transfer"
+SEARCH_DIRECT = "search-direct"
 LABELS = {
     ORT: "ONNX Runtime",
     TVM_DEFAULT: "TVM default",
@@ -88,6 +96,7 @@ LABELS = {
     SEARCH: "ago-search",
     SEARCH_NCHW: "ago-search, NCHW only",
     SEARCH_NO_TRANSFER: "ago-search, no transfer",
+    SEARCH_DIRECT: "ago-search, direct convs",
 }
 DEFAULT_METHODS = (METASCHEDULE, TUNE_TASKS, SEARCH)
 # A trial count tuning never reaches: the deadline ends it.
@@ -147,8 +156,17 @@ class ModelRun:
 
     @cached_property
     def search_planned(self) -> PlannedModel:
-        """The search's final plan, on the same prepared model."""
-        return plan_model(self.planned.prepared, self.search_out / "plan.json")
+        """The search's final plan, on the same import."""
+        return self.planned_with(self.search_out / "plan.json")
+
+    def planned_with(self, plan: Path) -> PlannedModel:
+        """A plan.json on the same import, its convs legalized as the plan says (Winograd or
+        direct)."""
+        prepared = self.planned.prepared
+        winograd = plan_winograd(plan)
+        if winograd != prepared.winograd:
+            prepared = prepare_model(prepared.imported, prepared.target, winograd=winograd)
+        return plan_model(prepared, plan)
 
     def out_of(self, label: str) -> Path:
         return self.dir / label
@@ -213,11 +231,17 @@ def build_tune_tasks(m: ModelRun) -> TunedBuild:
 
 
 def tune_search(
-    m: ModelRun, cell: Cell, label: str = SEARCH, layouts: bool = True, transfer: bool = True
+    m: ModelRun,
+    cell: Cell,
+    label: str = SEARCH,
+    layouts: bool = True,
+    transfer: bool = True,
+    winograd: int | None = SearchConfig.winograd,
 ) -> None:
     """The search into `m.out_of(label)`; with `layouts=False` every group stays NCHW
     (`--no-layouts`: what layouts are worth); with `transfer=False` no task is handed other
-    tasks' schedules (what transfer tuning is worth)."""
+    tasks' schedules (what transfer tuning is worth); `winograd`: its 3x3 convs as Winograd
+    convs of that tile (None: direct convs, what Winograd is worth)."""
     from ago_search import api
 
     result = api.search(
@@ -229,6 +253,7 @@ def tune_search(
         progress=False,
         layouts=layouts,
         transfer=transfer,
+        winograd=winograd,
     )
     if result.interrupted:  # Ctrl-C inside the search: stop the suite, the cell stays open
         raise KeyboardInterrupt
@@ -240,9 +265,7 @@ def build_search(m: ModelRun, label: str = SEARCH) -> TunedBuild:
     out = m.out_of(label)
     if not (out / "plan.json").exists():
         raise RuntimeError(f"the search wrote no verified plan to {out}")
-    planned = (
-        m.search_planned if label == SEARCH else plan_model(m.planned.prepared, out / "plan.json")
-    )
+    planned = m.search_planned if label == SEARCH else m.planned_with(out / "plan.json")
     return compile_from_db(planned, out / "tuning.db", m.host.key)
 
 
@@ -259,6 +282,10 @@ METHODS: dict[str, tuple[Tune, Build]] = {
     SEARCH_NO_TRANSFER: (
         partial(tune_search, label=SEARCH_NO_TRANSFER, transfer=False),
         partial(build_search, label=SEARCH_NO_TRANSFER),
+    ),
+    SEARCH_DIRECT: (
+        partial(tune_search, label=SEARCH_DIRECT, winograd=None),
+        partial(build_search, label=SEARCH_DIRECT),
     ),
 }
 
@@ -457,6 +484,7 @@ def summarize(results: list[dict]) -> dict[str, Any]:
     over_ms, over_tt = speedups(METASCHEDULE), speedups(TUNE_TASKS)
     over_nchw = speedups(SEARCH_NCHW)
     over_no_transfer = speedups(SEARCH_NO_TRANSFER)
+    winograd_over_direct = speedups(SEARCH_DIRECT)
     beats = [
         r["model"]
         for r in results
@@ -470,6 +498,10 @@ def summarize(results: list[dict]) -> dict[str, Any]:
         "search_over_metaschedule": {"geomean": _geomean(over_ms), "models": len(over_ms)},
         "search_over_tune_tasks": {"geomean": _geomean(over_tt), "models": len(over_tt)},
         "layouts_over_nchw_only": {"geomean": _geomean(over_nchw), "models": len(over_nchw)},
+        "winograd_over_direct": {
+            "geomean": _geomean(winograd_over_direct),
+            "models": len(winograd_over_direct),
+        },
         "transfer_over_none": {
             "geomean": _geomean(over_no_transfer),
             "models": len(over_no_transfer),
@@ -530,6 +562,12 @@ def markdown(results: list[dict], summary: dict[str, Any]) -> str:
             f"{summary['transfer_over_none']['models']})."
             if summary.get("transfer_over_none", {}).get("models")
             else ""
+        )
+        + (
+            f" Winograd over direct convs: {_x(summary['winograd_over_direct']['geomean'])} (over "
+            f"{summary['winograd_over_direct']['models']})."
+            if summary.get("winograd_over_direct", {}).get("models")
+            else ""
         ),
         "",
         f"Budget {budget} of wall-clock time per method and model, {threads} threads. vs ORT / "
@@ -540,7 +578,7 @@ def markdown(results: list[dict], summary: dict[str, Any]) -> str:
     ]
     plans = []
     for result in results:
-        for label in (SEARCH, SEARCH_NCHW, SEARCH_NO_TRANSFER):
+        for label in (SEARCH, SEARCH_NCHW, SEARCH_NO_TRANSFER, SEARCH_DIRECT):
             plan = (result["methods"].get(label, {}).get("summary") or {}).get("plan")
             if plan:
                 layouts = ", ".join(f"{k} {v}" for k, v in sorted(plan["layouts"].items()))

@@ -38,3 +38,39 @@ def test_the_pace_carries_over_to_the_next_run_and_through_json():
     second = TrialBudget(remaining=100, deadline=time.monotonic() + 0.03, pace=pace)
     assert second.exhausted()
     assert RoundPace.from_json(None).smallest_round_s() == 0.0
+
+
+def test_a_task_whose_search_fails_ends_without_stopping_the_run(tmp_path, caplog):
+    """MetaSchedule's evolution can raise for one task (a Winograd rule on a block another rule
+    inlined: "The block no longer exists"); that task's search ends (None: MetaSchedule's
+    "task done") instead of taking the whole tuning run down."""
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+    from tvm.ir.utils import derived_object
+
+    from ago_search.database.store import TuningDatabase
+    from ago_search.schedule.strategy import SkipMeasured
+
+    @derived_object
+    class Failing(PySearchStrategy):
+        def _initialize_with_tune_context(self, context):
+            pass
+
+        def pre_tuning(self, *args):
+            pass
+
+        def post_tuning(self):
+            pass
+
+        def generate_measure_candidates(self):
+            raise RuntimeError("The block no longer exists in the IRModule")
+
+        def notify_runner_results(self, *args):
+            pass
+
+        def clone(self):
+            return Failing()
+
+    strategy = SkipMeasured(Failing(), TuningDatabase(tmp_path / "t.db"), "dev", "task-1")
+    with caplog.at_level("WARNING"):
+        assert strategy.generate_measure_candidates() is None
+    assert "task-1: the search failed" in caplog.text and "no longer exists" in caplog.text

@@ -55,6 +55,7 @@ from ago_search.graph.mapping import (
     known_mapping,
     mapping_from_op_pattern,
 )
+from ago_search.graph.winograd import legalize_map as winograd_legalize_map
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +102,23 @@ class OpGraph:
         return iter(self.order)
 
 
-def legalize(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
+def legalize(
+    mod: tvm.IRModule, target: tvm.target.Target | None = None, winograd: int | None = None
+) -> tvm.IRModule:
     """The module the partition edits: the default CPU pipeline up to (not including) FuseOps.
 
     Same passes and order as `relax.get_default_pipeline(target)` for llvm in TVM 0.27
     (`relax/backend/cpu_generic/pipeline.py`), run inside `with target` when one is given.
+    `winograd` (a tile size of `ago_search.graph.winograd.TILES`): the 3x3 stride-1 convs it
+    applies to are legalized as Winograd convs F(tile x tile, 3x3), their filters transformed
+    here.
     """
+    custom = winograd_legalize_map(winograd) if winograd else None
     passes = tvm.transform.Sequential(
         [
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps(customize_legalize_map=custom),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
         ]

@@ -8,7 +8,8 @@ computation over buffers stored in another layout, with TVM's own schedule primi
   activations and conv weights, `ago_search.layout.roles`), so the function's signature takes
   and returns the tensors in the layout; every access is rewritten through the map;
 - the same on an intermediate buffer of rank 4 written from a transformed activation (a conv's
-  padded input), so no copy in NCHW is left inside the kernel;
+  padded input), so no copy in NCHW is left inside the kernel; not on one whose block is
+  annotated `KEEP_LAYOUT_ATTR` (a Winograd conv's transform tiles, `ago_search.graph.winograd`);
 - `Schedule.transform_block_layout` on each block that writes a transformed activation at
   (n, c, h, w) = four of its iteration variables: its iteration becomes (n, h, w, c, ...) in
   NHWC and (n, c/x, h, w, ..., c%x) when blocked, so the loops MetaSchedule starts from walk
@@ -27,6 +28,7 @@ from typing import Any
 import tvm_ffi
 from tvm import s_tir, tirx
 
+from ago_search.graph.winograd import KEEP_LAYOUT_ATTR
 from ago_search.layout.layouts import Layout, index_map
 
 __all__ = ["ACT", "WEIGHT", "transform_primfunc"]
@@ -100,6 +102,8 @@ def transform_primfunc(
     # buffer var -> role: the parameters' as given, then intermediates in program order
     mapped: list[tuple[Any, str]] = [(p, r) for p, r in zip(params, roles, strict=True) if r]
     for block in blocks:
+        if KEEP_LAYOUT_ATTR in block.annotations:
+            continue  # no image (a Winograd transform's tiles)
         reads_act = any(_role(mapped, r.source) == ACT for r in block.reads)
         for w in block.writes:
             src = w.source

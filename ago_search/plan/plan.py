@@ -61,12 +61,15 @@ class Plan:
 
     `model` is `graph_fingerprint(graph)` of the OpGraph the plan was made for; `apply_plan`
     refuses a graph with another fingerprint. Group order carries no meaning: `plan_hash` and
-    `apply_plan` do not depend on it.
+    `apply_plan` do not depend on it. `winograd`: the Winograd tile the model's 3x3 convs were
+    legalized with (`ago_search.graph.winograd`; None: direct convs), so that a plan.json is
+    applied to the model it was made for (its fingerprint already tells them apart).
     """
 
     model: str
     groups: tuple[GroupPlan, ...]
     func_name: str = "main"
+    winograd: int | None = None
 
     # -- constructors --------------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class Plan:
             "model": self.model,
             "func_name": self.func_name,
             "groups": [g.to_dict() for g in self.groups],
+            **({"winograd": self.winograd} if self.winograd else {}),
         }
 
     @staticmethod
@@ -135,6 +139,7 @@ class Plan:
                 model=str(data["model"]),
                 groups=tuple(GroupPlan.from_dict(g) for g in data["groups"]),
                 func_name=str(data.get("func_name", "main")),
+                winograd=int(data["winograd"]) if data.get("winograd") else None,
             )
         except (KeyError, TypeError) as err:
             raise PlanError(f"{source} is damaged ({err!r}); re-create the plan") from err

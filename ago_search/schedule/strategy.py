@@ -196,7 +196,18 @@ class SkipMeasured(PySearchStrategy):
         while True:
             if self.budget is not None and self.budget.exhausted():
                 return None
-            candidates = self.inner.generate_measure_candidates()
+            try:
+                candidates = self.inner.generate_measure_candidates()
+            except Exception as err:  # noqa: BLE001 - one task's search, never the whole run
+                # (MetaSchedule's evolution can fail on a task: a rule that left a block its
+                # trace still names, "The block no longer exists in the IRModule"); the task
+                # ends here, its records kept, and the other tasks go on
+                log.warning(
+                    "task %s: the search failed, the task ends here: %s",
+                    self.task_key,
+                    " ".join(str(err).split())[-300:],
+                )
+                return None
             if candidates is None:
                 return None
             size = max(len(candidates), 1)

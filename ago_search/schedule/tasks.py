@@ -98,9 +98,11 @@ def workload_module(func: tirx.PrimFunc) -> tvm.IRModule:
 def count_complex_blocks(func: tirx.PrimFunc) -> int:
     """Blocks of `func` that contract two tensors: a reduction axis indexes two of the buffers
     it reads (conv: padded input and weight; matmul: both operands). Pooling, mean, softmax
-    and norms reduce over one buffer and do not count."""
+    and norms reduce over one buffer and do not count, nor does a product with a constant
+    table (a buffer written by a block that reads nothing: a Winograd transform's matrices)."""
     blocks: list[s_tir.SBlock] = []
     tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, blocks.append)])
+    tables = [w.source for b in blocks if not b.reads for w in b.writes]
     count = 0
     for block in blocks:
         reduce_vars = [iv.var for iv in block.iter_vars if int(iv.iter_type) == _REDUCE]
@@ -108,6 +110,8 @@ def count_complex_blocks(func: tirx.PrimFunc) -> int:
             continue
         indexed = set()
         for read in block.reads:
+            if any(read.source.same_as(t) for t in tables):
+                continue
             if _uses_any(read.region, reduce_vars):
                 indexed.add(read.source)
         if len(indexed) >= 2:

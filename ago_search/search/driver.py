@@ -121,12 +121,13 @@ class _Search:
         self.folder = OutputFolder(out)
         self.folder.prepare()
         target = device.tvm_target()
-        self.prepared = prepare_model(imported, target)
+        self.prepared = prepare_model(imported, target, winograd=config.winograd)
         graph = self.prepared.graph
         self.model_info = {
             "path": imported.path,
             "graph": graph_fingerprint(graph),
             "inputs": {s.name: list(s.shape) for s in imported.inputs},
+            "winograd": config.winograd,
         }
         state = self.folder.load_state(self.model_info, device.key)
         self.resumed = state is not None
@@ -915,8 +916,10 @@ class _Search:
         inside = alone = 0.0
         untuned = set(measured.untuned_kernels)
         for task in planned.tasks:
-            names = set(task.groups)
-            if not names or not names <= measured.kernels.keys() or names & untuned:
+            # the build merges a task's identical kernels into one function, named after its
+            # first group, whose time holds all the task's calls
+            names = set(task.groups) & measured.kernels.keys()
+            if not names or set(task.groups) & untuned:
                 continue  # not timed (a builtin now), or built without its record
             best = self.store.best(task.key, self.device.key)
             if not best or not best[0].median:

@@ -32,6 +32,10 @@ STATE_FORMAT = "ago-search-state"
 STATE_VERSION = 1
 
 
+def _winograd_name(tile: Any) -> str:
+    return "off" if not tile else str(tile)
+
+
 class OutputFolderError(AgoSearchError):
     """The output folder belongs to another model or device, or its state is damaged."""
 
@@ -179,6 +183,13 @@ class OutputFolder:
                 f"--out {self.path} holds a search of another model "
                 f"({state.model.get('path')}, inputs {state.model.get('inputs')}); give another "
                 "--out, or delete the folder to start over"
+            )
+        if state.model.get("winograd") != model.get("winograd"):
+            raise OutputFolderError(
+                f"--out {self.path} holds a search with --winograd "
+                f"{_winograd_name(state.model.get('winograd'))}, not "
+                f"{_winograd_name(model.get('winograd'))}: its plans are of other kernels; give "
+                "the same --winograd, or another --out"
             )
         if state.device_key != device_key:
             raise OutputFolderError(
