@@ -31,6 +31,24 @@ def weight(name: str, shape, seed=0) -> onnx.TensorProto:
     return numpy_helper.from_array(rng.uniform(-0.5, 0.5, shape).astype(np.float32), name)
 
 
+def conv(name, x, cin, cout, k, *, stride=1, pad=0, group=1, seed=0):
+    """A Conv node `name` reading `x` with its weight and bias initializers: (node, [w, b]).
+    `pad`: one padding for every side, or (top, left, bottom, right)."""
+    pads = [pad] * 4 if isinstance(pad, int) else list(pad)
+    return (
+        helper.make_node(
+            "Conv",
+            [x, f"{name}_w", f"{name}_b"],
+            [name],
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=pads,
+            group=group,
+        ),
+        [weight(f"{name}_w", (cout, cin // group, k, k), seed), weight(f"{name}_b", (cout,), seed)],
+    )
+
+
 def conv_relu(batch="N", channels=3, size=8, opset=17) -> onnx.ModelProto:
     """x -> Conv 3x3 -> Relu, batch dim symbolic by default."""
     return make_model(

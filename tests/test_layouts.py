@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
+from model_builders import conv as _conv
 from model_builders import make_model, weight
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
@@ -37,21 +38,6 @@ from ago_search.plan import Plan, PlanError, apply_plan
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 
 pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
-
-
-def _conv(name, x, cin, cout, k, *, stride=1, pad=0, group=1, seed=0):
-    return (
-        helper.make_node(
-            "Conv",
-            [x, f"{name}_w", f"{name}_b"],
-            [name],
-            kernel_shape=[k, k],
-            strides=[stride, stride],
-            pads=[pad] * 4,
-            group=group,
-        ),
-        [weight(f"{name}_w", (cout, cin // group, k, k), seed), weight(f"{name}_b", (cout,), seed)],
-    )
 
 
 def every_kind_model(path) -> str:

@@ -44,8 +44,8 @@ def test_a_task_whose_search_fails_ends_without_stopping_the_run(tmp_path, caplo
     """MetaSchedule's evolution can raise for one task (a Winograd rule on a block another rule
     inlined: "The block no longer exists"); that task's search ends (None: MetaSchedule's
     "task done") instead of taking the whole tuning run down."""
-    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
     from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
     from ago_search.database.store import TuningDatabase
     from ago_search.schedule.strategy import SkipMeasured

@@ -10,7 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
-from model_builders import make_model, weight
+from model_builders import conv as _conv
+from model_builders import make_model
 from onnx import TensorProto, helper
 from tvm import relax
 
@@ -27,21 +28,6 @@ TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
 
 
-def _conv(name, x, cin, cout, k, *, stride=1, pads=(1, 1, 1, 1), group=1, seed=0):
-    return (
-        helper.make_node(
-            "Conv",
-            [x, f"{name}_w", f"{name}_b"],
-            [name],
-            kernel_shape=[k, k],
-            strides=[stride, stride],
-            pads=list(pads),
-            group=group,
-        ),
-        [weight(f"{name}_w", (cout, cin // group, k, k), seed), weight(f"{name}_b", (cout,), seed)],
-    )
-
-
 def residual_model(path, size=13) -> str:
     """x (1, 16, size, size) -> a residual block of two 3x3 convs (odd size: partial tiles),
     an asymmetric-padded 3x3 conv, a strided one and a depthwise one (neither Winograd's)."""
@@ -52,16 +38,16 @@ def residual_model(path, size=13) -> str:
         nodes.append(node)
         inits.extend(ws)
 
-    add(_conv("c1", "x", 16, 32, 3, seed=1))
+    add(_conv("c1", "x", 16, 32, 3, pad=1, seed=1))
     nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
-    add(_conv("c2", "r1", 32, 32, 3, seed=2))
+    add(_conv("c2", "r1", 32, 32, 3, pad=1, seed=2))
     nodes.append(helper.make_node("Relu", ["c2"], ["r2"]))
-    add(_conv("c3", "r2", 32, 32, 3, seed=3))
+    add(_conv("c3", "r2", 32, 32, 3, pad=1, seed=3))
     nodes.append(helper.make_node("Add", ["c3", "r1"], ["res"]))
     nodes.append(helper.make_node("Relu", ["res"], ["r3"]))
-    add(_conv("c4", "r3", 32, 16, 3, pads=(0, 1, 2, 1), seed=4))  # asymmetric padding
-    add(_conv("c5", "c4", 16, 16, 3, stride=2, seed=5))  # strided: direct
-    add(_conv("dw", "c5", 16, 16, 3, group=16, seed=6))  # depthwise: direct
+    add(_conv("c4", "r3", 32, 16, 3, pad=(0, 1, 2, 1), seed=4))  # asymmetric padding
+    add(_conv("c5", "c4", 16, 16, 3, stride=2, pad=1, seed=5))  # strided: direct
+    add(_conv("dw", "c5", 16, 16, 3, group=16, pad=1, seed=6))  # depthwise: direct
     model = make_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, size, size])],

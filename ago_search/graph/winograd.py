@@ -75,6 +75,27 @@ def transform_weight(weight: np.ndarray, tile: int) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(alpha * alpha, co, ci).astype(weight.dtype))
 
 
+def _two_sided(src: te.Tensor, mat: te.Tensor, size: int, name: str, rule: str) -> te.Tensor:
+    """out[i, j, p, c] = sum_{a, b} src[a, b, p, c] mat[a, i] mat[b, j] (M^T X M per tile and
+    channel, i and j < size): the input transform (B) and the output transform (A), scheduled
+    by MetaSchedule's CPU rule `conv2d_nhwc_winograd_<rule>`."""
+    alpha = int(src.shape[0])
+    r_a = te.reduce_axis((0, alpha), "r_a")
+    r_b = te.reduce_axis((0, alpha), "r_b")
+    return te.compute(
+        (size, size, src.shape[2], src.shape[3]),
+        lambda eps, nu, p, c: te.sum(
+            src[r_a, r_b, p, c] * mat[r_a, eps] * mat[r_b, nu], axis=[r_a, r_b]
+        ),
+        name=name,
+        attrs={
+            "auto_scheduler_simplify_const_tensor_indices": ["eps", "nu", "r_a", "r_b"],
+            "schedule_rule": f"conv2d_nhwc_winograd_{rule}",
+            KEEP_LAYOUT_ATTR: 1,
+        },
+    )
+
+
 def winograd_conv2d(
     data: te.Tensor, kernel_pack: te.Tensor, tile: int, padding: tuple[int, int, int, int]
 ) -> te.Tensor:
@@ -108,20 +129,7 @@ def winograd_conv2d(
         name="input_tile",
         attrs={"schedule_rule": "None", KEEP_LAYOUT_ATTR: 1},
     )
-    r_a = te.reduce_axis((0, alpha), "r_a")
-    r_b = te.reduce_axis((0, alpha), "r_b")
-    data_pack = te.compute(
-        (alpha, alpha, tiles, ci),
-        lambda eps, nu, p, c: te.sum(
-            input_tile[r_a, r_b, p, c] * b_mat[r_a, eps] * b_mat[r_b, nu], axis=[r_a, r_b]
-        ),
-        name="data_pack",
-        attrs={
-            "auto_scheduler_simplify_const_tensor_indices": ["eps", "nu", "r_a", "r_b"],
-            "schedule_rule": "conv2d_nhwc_winograd_data_pack",
-            KEEP_LAYOUT_ATTR: 1,
-        },
-    )
+    data_pack = _two_sided(input_tile, b_mat, alpha, "data_pack", "data_pack")
     rc = te.reduce_axis((0, ci), name="rc")
     bgemm = te.compute(
         (alpha, alpha, tiles, co),
@@ -131,20 +139,7 @@ def winograd_conv2d(
         name="bgemm",
         attrs={"meta_schedule.write_cache_level": [2], KEEP_LAYOUT_ATTR: 1},
     )
-    r_a2 = te.reduce_axis((0, alpha), "r_a")
-    r_b2 = te.reduce_axis((0, alpha), "r_b")
-    inverse = te.compute(
-        (m, m, tiles, co),
-        lambda vh, vw, p, o: te.sum(
-            bgemm[r_a2, r_b2, p, o] * a_mat[r_a2, vh] * a_mat[r_b2, vw], axis=[r_a2, r_b2]
-        ),
-        name="inverse",
-        attrs={
-            "auto_scheduler_simplify_const_tensor_indices": ["vh", "vw", "r_a", "r_b"],
-            "schedule_rule": "conv2d_nhwc_winograd_inverse",
-            KEEP_LAYOUT_ATTR: 1,
-        },
-    )
+    inverse = _two_sided(bgemm, a_mat, m, "inverse", "inverse")
     return te.compute(
         (n, co, out_h, out_w),
         lambda b, o, y, x: inverse[y % m, x % m, b * n_h * n_w + y // m * n_w + x // m, o],
