@@ -176,7 +176,8 @@ def plan_model(prepared: PreparedModel, plan: str | Path | Plan = "tvm") -> Plan
     """Apply one plan (seed name, plan.json or `Plan`) to a prepared model; extract its tasks."""
     start = time.perf_counter()
     the_plan, name = resolve_plan(prepared, plan)
-    if the_plan.winograd != prepared.winograd and isinstance(plan, str | Path):
+    from_file = isinstance(plan, str | Path) and Path(plan).is_file()
+    if from_file and the_plan.winograd != prepared.winograd:
         raise AgoSearchError(
             f"--plan {plan} is a plan of the model with {_winograd_text(the_plan.winograd)}, "
             f"not with {_winograd_text(prepared.winograd)}: prepare the model as the plan says "

@@ -191,3 +191,22 @@ def test_a_winograd_conv_counts_as_one_complex_op():
     kernel_pack = te.placeholder((16, 32, 32), name="kernel_pack")
     func = te.create_prim_func([data, kernel_pack, winograd_conv2d(data, kernel_pack, 2, (1,) * 4)])
     assert count_complex_blocks(func) == 1
+
+
+def test_a_plan_file_keeps_the_models_winograd_choice(residual, tmp_path):
+    """A plan made on the Winograd model records its tile in plan.json; loading the file
+    prepares the model with it, and applying it to the model with direct convs is refused
+    with a message naming both."""
+    from ago_search.errors import AgoSearchError
+    from ago_search.pipeline import load_planned, plan_model, prepare_model
+
+    imported, _, _ = residual
+    seeded = load_planned(imported, plan="tvm/NHWC", winograd=4)
+    assert seeded.plan.winograd == 4 and seeded.prepared.winograd == 4
+    path = seeded.plan.save(tmp_path / "plan.json")
+    again = load_planned(imported, plan=path)
+    assert again.prepared.winograd == 4 and again.plan.plan_hash() == seeded.plan.plan_hash()
+    direct = prepare_model(imported, TARGET)
+    with pytest.raises(AgoSearchError, match="Winograd F\\(4x4, 3x3\\) convs, not with direct"):
+        plan_model(direct, path)
+    assert load_planned(imported, plan="tvm").plan.winograd is None
