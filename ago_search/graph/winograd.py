@@ -32,11 +32,7 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import relax, te, topi
-from tvm.topi.nn.winograd_util import (
-    _cook_toom_convolution,
-    _interpolation_points,
-    winograd_transform_matrices,
-)
+from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
 __all__ = [
     "KEEP_LAYOUT_ATTR",
@@ -63,6 +59,27 @@ def _matrices(tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A (alpha x m), B (alpha x alpha), G (alpha x 3) in float64, alpha = tile + 2: the same
     Cook-Toom points TOPI uses."""
     return _cook_toom_convolution(_interpolation_points(tile + 1), tile, 3)
+
+
+def _const_matrix(values: np.ndarray, name: str, dtype: str) -> te.Tensor:
+    """A constant matrix as a block that reads nothing (MetaSchedule's Winograd rules inline
+    it): a Select over the row, then over the row's nonzero columns. Once the transform loops
+    are unrolled every entry must fold to a literal; TOPI's `const_matrix` chains one Select
+    per entry on `i % rows == r && j % cols == c` (36 deep at F(4,3)), and simplifying those
+    was most of a candidate's build (README, Development)."""
+    rows, cols = values.shape
+
+    def entry(i: Any, j: Any) -> Any:
+        out = tvm.tirx.const(0.0, dtype)
+        for r in range(rows):
+            row = tvm.tirx.const(0.0, dtype)
+            for c in range(cols):
+                if values[r, c] != 0:
+                    row = tvm.tirx.Select(j == c, tvm.tirx.const(float(values[r, c]), dtype), row)
+            out = tvm.tirx.Select(i == r, row, out)
+        return out
+
+    return te.compute((rows, cols), entry, name=name, attrs={"const_matrix": True})
 
 
 def transform_weight(weight: np.ndarray, tile: int) -> np.ndarray:
@@ -104,7 +121,10 @@ def winograd_conv2d(
     n, ci, h, w = (int(d) for d in data.shape)
     co = int(kernel_pack.shape[1])
     m, alpha = tile, tile + 2
-    a_mat, b_mat, _ = winograd_transform_matrices(m, 3, str(data.dtype))
+    a_np, b_np, _ = _matrices(m)
+    dtype = str(data.dtype)
+    a_mat = _const_matrix(a_np.astype(dtype), "A", dtype)
+    b_mat = _const_matrix(b_np.astype(dtype), "B", dtype)
     pad_t, pad_l, pad_b, pad_r = padding
     out_h, out_w = h + pad_t + pad_b - 2, w + pad_l + pad_r - 2
     n_h, n_w = (out_h + m - 1) // m, (out_w + m - 1) // m
