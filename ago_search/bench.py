@@ -8,11 +8,13 @@ would time a different program than the one TVM compiled. That the folded graph 
 what the user's file computes is checked separately (`source_checks`): ORT runs the user's
 file once on the same inputs, and its outputs are compared with the folded graph's.
 
-How it is measured. Each (runtime, thread count) runs in a fresh worker process
-(`measure.worker.IsolatedWorker`, used once), one after another, never overlapping: a TVM
-thread pool is sized when first used and cannot grow later (see ago_search.measure.threads),
-TVM's thread configuration can pin the calling thread, and idle threads of one runtime spin
-for a while after work and would steal a core from the other. A TVM process gets
+How it is measured. Each (runtime, thread count) runs in its own worker process
+(`measure.worker.IsolatedWorker`): a TVM thread pool is sized when first used and cannot grow
+later (see ago_search.measure.threads), and TVM's thread configuration can pin the calling
+thread. Per thread count, every runtime's process opens its model once, then they take turns,
+never overlapping: each round times one repeat of each runtime, with a pause before every turn
+(idle threads of one runtime spin for a while after work and would steal a core from the
+next), so a load that comes and goes on the machine is shared by all of them alike. A TVM process gets
 TVM_NUM_THREADS=n (pool of exactly n threads, unpinned) and checks that TVM reports n; an ORT
 process sets intra_op_num_threads=n, inter_op_num_threads=1, sequential execution. What runs
 in the workers is `ago_search.bench_worker`: both time one full inference per call under the
@@ -236,61 +238,139 @@ def _worker_env(runtime: str, threads: int) -> dict[str, str]:
     return env
 
 
-def _run_isolated(
-    runtime: str,
-    threads: int,
-    model: Path,
-    input_names: list[str],
-    inputs: list[np.ndarray],
-    protocol: MeasureProtocol,
-    timeout_s: float,
-    profile_runs: int = 0,
-) -> tuple[RuntimeRun, list[np.ndarray]]:
-    """Time one runtime in a fresh process (start-up included in `timeout_s`); its run, with
-    no checks yet, and its outputs. A crash, a timeout or an exception is a run with `error`.
-    profile_runs: a TVM build's functions also timed inside the model (`RuntimeRun.kernels`).
-    """
-    is_ort = runtime == ORT
-    function = f"{_WORKER_MODULE}:{'run_onnxruntime' if is_ort else 'run_tvm'}"
-    deadline = time.monotonic() + timeout_s
-    worker = IsolatedWorker(
-        preload=(_WORKER_MODULE, "onnxruntime" if is_ort else "ago_search.build"),
-        env=_worker_env(runtime, threads),
-        max_uses=1,
-        startup_timeout=timeout_s,
-        name=f"bench-{runtime}-{threads}",
-    )
-    error = None
-    with worker:
+# Between two runtimes' turns: idle threads of the one before spin for a while after work
+# (TVM's pool about 0.1 s) and would steal a core from the next.
+TURN_PAUSE_S = 0.25
+
+
+class _Contender:
+    """One runtime at one thread count in its own worker process, opened once and timed in
+    turns (`bench_worker.time_block`); what it has measured so far, or why it dropped out."""
+
+    def __init__(self, runtime: str, threads: int, model: Path, timeout_s: float):
+        self.runtime = runtime
+        self.threads = threads
+        self.model = model
+        self.timeout_s = timeout_s
+        self.is_ort = runtime == ORT
+        self.worker = IsolatedWorker(
+            preload=(_WORKER_MODULE, "onnxruntime" if self.is_ort else "ago_search.build"),
+            env=_worker_env(runtime, threads),
+            startup_timeout=timeout_s,
+            name=f"bench-{runtime}-{threads}",
+        )
+        self.deadline = time.monotonic() + timeout_s
+        self.samples: list[float] = []
+        self.threads_used = 0
+        self.number = 0
+        self.setup_s = 0.0
+        self.outputs: list[np.ndarray] = []
+        self.kernels: dict[str, float] | None = None
+        self.error: str | None = None
+
+    def call(self, function: str, *args: Any) -> Any:
+        """A call in the worker; None with `error` set on a crash, a time-out or an exception
+        (a failing runtime is a record, not a crash of the benchmark)."""
+        if self.error is not None:
+            return None
         try:
-            worker.ready()
-            args: tuple = (str(model), input_names, inputs, threads, protocol.to_json())
-            if profile_runs and not is_ort:
-                args += (profile_runs,)
-            # the host's cores to itself, as every measurement: the search's estimators (Ray
-            # actors under the shared lease) otherwise ran beside it, and one plan of a
-            # ResNet-18 search timed 28.9, 36.6 and 52.5 ms
-            with host_cpu_lease().exclusive():
-                result = worker.call(function, *args, timeout=max(deadline - time.monotonic(), 0.0))
+            return self.worker.call(
+                f"{_WORKER_MODULE}:{function}",
+                *args,
+                timeout=max(self.deadline - time.monotonic(), 0.0),
+            )
         except WorkerTimeout:
-            error = f"timed out after {timeout_s:g} s"
+            self.error = f"timed out after {self.timeout_s:g} s"
         except WorkerCrashed as err:
             lines = str(err).strip().splitlines()
-            error = " | ".join(lines[:1] + lines[1:][-3:])
-        except WorkerError as err:  # a failing runtime is a record, not a crash of the benchmark
-            log.debug("%s worker failed:\n%s", runtime, err)
-            error = str(err).split("\nTraceback (most recent call last):", 1)[0]
-    if error is not None:
-        return RuntimeRun(runtime, threads, None, 0.0, 0, error=error), []
-    run = RuntimeRun(
-        runtime,
-        threads,
-        result["timing"],
-        result["setup_s"],
-        result["threads_used"],
-        kernels=result.get("kernels"),
-    )
-    return run, list(result["outputs"])
+            self.error = " | ".join(lines[:1] + lines[1:][-3:])
+        except WorkerError as err:
+            log.debug("%s worker failed:\n%s", self.runtime, err)
+            self.error = str(err).split("\nTraceback (most recent call last):", 1)[0]
+        self.worker.close()
+        return None
+
+    def open(
+        self, input_names: list[str], inputs: list[np.ndarray], protocol: MeasureProtocol
+    ) -> None:
+        function = "open_onnxruntime" if self.is_ort else "open_tvm"
+        args = (str(self.model), input_names, inputs, self.threads, protocol.to_json())
+        result = self.call(function, *args)
+        if result is not None:
+            self.setup_s = result["setup_s"]
+            self.outputs = list(result["outputs"])
+            self.number = result["number"]
+
+    def turn(self, repeats: int) -> None:
+        result = self.call("time_block", repeats)
+        if result is not None:
+            self.samples += result["samples"]
+            self.threads_used = max(self.threads_used, result["threads_used"])
+
+    def profile(self, runs: int) -> None:
+        """The build's functions timed inside the model: an extra, whose failure leaves the
+        timing and the outputs standing."""
+        if not runs or self.is_ort or self.error is not None:
+            return
+        try:
+            self.kernels = self.worker.call(
+                f"{_WORKER_MODULE}:profile_open",
+                runs,
+                timeout=max(self.deadline - time.monotonic(), 0.0),
+            )
+        except (WorkerTimeout, WorkerCrashed, WorkerError) as err:
+            log.warning("%s: functions not timed inside the model: %s", self.runtime, err)
+
+    def run(self) -> RuntimeRun:
+        if self.error is not None or not self.samples:
+            error = self.error or "not timed"
+            return RuntimeRun(self.runtime, self.threads, None, self.setup_s, 0, error=error)
+        return RuntimeRun(
+            self.runtime,
+            self.threads,
+            Timing(samples=tuple(self.samples), number=self.number),
+            self.setup_s,
+            self.threads_used,
+            kernels=self.kernels,
+        )
+
+
+def _run_interleaved(
+    models: Mapping[str, Path],
+    threads: int,
+    input_names: list[str],
+    inputs: list[np.ndarray],
+    protocols: Mapping[str, MeasureProtocol],
+    timeout_s: float,
+    profile_runs: Mapping[str, int],
+) -> list[tuple[RuntimeRun, list[np.ndarray]]]:
+    """Every runtime of `models` in its own process, opened once (loaded, run for its outputs,
+    warmed up, `number` calibrated), then timed in turns: a round gives each runtime one repeat
+    (after one untimed call), so a load that comes and goes on the machine falls on all of them
+    alike (on a 2-core EPYC, ORT's MobileNetV2 moved from 6.0 to 4.7 ms from one second to the
+    next); a runtime whose protocol asks fewer repeats sits out the last rounds. Then each
+    TVM build's functions are timed inside the model (`profile_runs`). The host's cores are
+    the benchmark's alone from the first open to the last call (the search's estimators, Ray
+    actors under the shared lease, otherwise ran beside it: one plan of a ResNet-18 search
+    timed 28.9, 36.6 and 52.5 ms). Returns each runtime's run (no checks yet) and outputs."""
+    contenders = [_Contender(r, threads, m, timeout_s) for r, m in models.items()]
+    try:
+        for contender in contenders:
+            contender.worker.start()  # they import their runtimes meanwhile
+        with host_cpu_lease().exclusive():
+            for contender in contenders:
+                contender.open(input_names, inputs, protocols[contender.runtime])
+            for index in range(max(p.repeat for p in protocols.values())):
+                for contender in contenders:
+                    if contender.error is None and index < protocols[contender.runtime].repeat:
+                        time.sleep(TURN_PAUSE_S)
+                        contender.turn(1)
+            for contender in contenders:
+                contender.profile(profile_runs.get(contender.runtime, 0))
+    finally:
+        for contender in contenders:
+            contender.worker.close()
+    return [(c.run(), c.outputs if c.error is None else []) for c in contenders]
 
 
 def _source_checks(
@@ -383,19 +463,22 @@ def bench_model(
         inputs = [feeds[name] for name in input_names]
         models = {ORT: onnx_path, **default, **libraries}
         references: dict[int, list[np.ndarray]] = {}
+        protocols = {
+            runtime: default_protocol if runtime == TVM_DEFAULT and default_protocol else protocol
+            for runtime in models
+        }
         for count in thread_counts:
-            for runtime, model in models.items():
-                run, outputs = _run_isolated(
-                    runtime,
-                    count,
-                    model,
-                    input_names,
-                    inputs,
-                    default_protocol if runtime == TVM_DEFAULT and default_protocol else protocol,
-                    timeout_s,
-                    profile_runs if runtime in builds else 0,
-                )
-                if runtime == ORT:
+            results = _run_interleaved(
+                models,
+                count,
+                input_names,
+                inputs,
+                protocols,
+                timeout_s,
+                {label: profile_runs for label in builds},
+            )
+            for run, outputs in results:
+                if run.runtime == ORT:
                     if outputs:
                         references[count] = outputs
                 elif run.error is None and count in references:

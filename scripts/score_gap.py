@@ -12,7 +12,8 @@ built with its best records (as the search's finish builds it), and then:
 - "end to end": the same executable timed without the hook (median of `--runs` runs after
   warm-up): what the search's end-to-end timings measure;
 - "score": each task's best record in `tuning.db` (`TUNING_PROTOCOL`: warm caches, `number`
-  calibrated to 20 ms), x its calls: what the plan's score sums;
+  calibrated to 20 ms), x its calls (the build merges a task's identical kernels into one
+  function, which the VM's profile times for all of them): what the plan's score sums;
 - with `--cold`: each task's best schedule built again and timed with every argument but the
   first (the weights and the output; the first input, usually the activation the kernel before
   just wrote, stays) evicted from the caches before every call (number = 1, TVM's
@@ -102,14 +103,16 @@ def main() -> int:
     for symbol, seconds in sorted(kernels.items(), key=lambda item: -item[1]):
         task = task_of[symbol]
         best = store.best(task.key, device_key)
-        alone = best[0].median if best else None
+        # the build merges a task's identical kernels into one function (named after its
+        # first group) whose time holds all the task's calls
+        alone = best[0].median * task.weight if best else None
         rows.append(
             {
                 "kernel": symbol,
                 "task": task.key,
                 "in_model_ms": seconds * 1e3,
                 "score_ms": alone * 1e3 if alone is not None else None,
-                "cold_ms": cold[task.key] * 1e3 if task.key in cold else None,
+                "cold_ms": cold[task.key] * task.weight * 1e3 if task.key in cold else None,
                 "ratio": seconds / alone if alone else None,
             }
         )
