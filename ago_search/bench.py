@@ -12,9 +12,10 @@ How it is measured. Each (runtime, thread count) runs in its own worker process
 (`measure.worker.IsolatedWorker`): a TVM thread pool is sized when first used and cannot grow
 later (see ago_search.measure.threads), and TVM's thread configuration can pin the calling
 thread. Per thread count, every runtime's process opens its model once, then they take turns,
-never overlapping: each round times one repeat of each runtime, with a pause before every turn
-(idle threads of one runtime spin for a while after work and would steal a core from the
-next), so a load that comes and goes on the machine is shared by all of them alike. A TVM process gets
+never overlapping: each round times one repeat of each runtime, and after every turn the
+benchmark waits until that runtime's process uses no CPU (idle threads spin for a while after
+work and would steal a core from the next), so a load that comes and goes on the machine is
+shared by all of them alike. A TVM process gets
 TVM_NUM_THREADS=n (pool of exactly n threads, unpinned) and checks that TVM reports n; an ORT
 process sets intra_op_num_threads=n, inter_op_num_threads=1, sequential execution. What runs
 in the workers is `ago_search.bench_worker`: both time one full inference per call under the
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import psutil
 
 from ago_search.frontend import ImportedModel, InputSpec, random_inputs
 from ago_search.measure.compare import DEFAULT_TOLERANCE, OutputCheck, compare_outputs
@@ -238,9 +240,13 @@ def _worker_env(runtime: str, threads: int) -> dict[str, str]:
     return env
 
 
-# Between two runtimes' turns: idle threads of the one before spin for a while after work
-# (TVM's pool about 0.1 s) and would steal a core from the next.
-TURN_PAUSE_S = 0.25
+# Between two runtimes' turns, the one before must be idle: its threads spin for a while after
+# work (a MobileNetV2 build's TVM pool used 50-70 ms of CPU during ORT's next turn after a
+# 0.15-s pause) and would steal a core from the next. Its process's CPU time is read every
+# `QUIET_POLL_S` until it stops growing for `QUIET_READS` reads (at most `QUIET_MAX_S`).
+QUIET_POLL_S = 0.01
+QUIET_READS = 3
+QUIET_MAX_S = 1.0
 
 
 class _Contender:
@@ -301,8 +307,28 @@ class _Contender:
             self.outputs = list(result["outputs"])
             self.number = result["number"]
 
+    def wait_quiet(self) -> None:
+        """Until this runtime's process uses no CPU (its threads stopped spinning)."""
+        pid = self.worker.pid
+        if pid is None:
+            return
+        try:
+            process = psutil.Process(pid)
+            deadline = time.monotonic() + QUIET_MAX_S
+            last, still = sum(process.cpu_times()[:2]), 0
+            while still < QUIET_READS and time.monotonic() < deadline:
+                time.sleep(QUIET_POLL_S)
+                now = sum(process.cpu_times()[:2])
+                still = still + 1 if now == last else 0
+                last = now
+        except psutil.Error:  # gone: nothing spins
+            return
+
     def turn(self, repeats: int) -> None:
-        result = self.call("time_block", repeats)
+        # an untimed call first, where a repeat is a batch of calls (the runtime before had
+        # the caches); a repeat of one call lasts `min_repeat_ms` or more, and a warm-up call
+        # would double a slow build's turns (TVM's default ResNet-18: 2.2 s a call)
+        result = self.call("time_block", repeats, 1 if self.number > 1 else 0)
         if result is not None:
             self.samples += result["samples"]
             self.threads_used = max(self.threads_used, result["threads_used"])
@@ -360,11 +386,12 @@ def _run_interleaved(
         with host_cpu_lease().exclusive():
             for contender in contenders:
                 contender.open(input_names, inputs, protocols[contender.runtime])
+                contender.wait_quiet()
             for index in range(max(p.repeat for p in protocols.values())):
                 for contender in contenders:
                     if contender.error is None and index < protocols[contender.runtime].repeat:
-                        time.sleep(TURN_PAUSE_S)
                         contender.turn(1)
+                        contender.wait_quiet()
             for contender in contenders:
                 contender.profile(profile_runs.get(contender.runtime, 0))
     finally:

@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "multiplies, the filters transformed at compile time; default: 4) or directly (off)",
     )
     search.add_argument(
+        "--tvm-default",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="also build and time TVM's default build at the end, a reference figure (auto: "
+        "with budgets of 30 min and more; it takes 10-25 s of a CNN's budget)",
+    )
+    search.add_argument(
         "--no-progress", action="store_true", help="no progress bar (log lines only)"
     )
 
@@ -380,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 layouts=not args.no_layouts,
                 transfer=not args.no_transfer,
                 winograd=None if args.winograd == "off" else int(args.winograd),
+                time_tvm_default={"auto": None, "yes": True, "no": False}[args.tvm_default],
             )
             print(api.format_search(result))
             if result.interrupted:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import psutil
 import pytest
 from onnx import TensorProto, helper
 
@@ -303,3 +304,46 @@ def test_kernel_times_name_every_kernel_of_a_plan(imported):
     missing = {n for n in names - times.keys() if "reshape" not in n}
     assert not missing, (missing, sorted(times))
     assert all(not k.startswith("vm.builtin") for k in times)
+
+
+def test_runtimes_take_turns_each_with_its_own_protocol(imported, monkeypatch):
+    """Every runtime opened once and timed in rounds: each gets its own protocol's repeats
+    (TVM's default build the shorter `default_protocol`), and none of them spun while another
+    was timed (its process's CPU time did not grow during the others' turns)."""
+    from ago_search import bench
+
+    executable = build_default(imported.mod, host_target())
+    short = MeasureProtocol(warmup=1, number=1, repeat=2, min_repeat_ms=0.0)
+    spun: list[float] = []
+    turn = bench._Contender.turn
+    contenders: list = []
+    opened = bench._Contender.__init__
+
+    def remember(self, *args, **kwargs):
+        opened(self, *args, **kwargs)
+        contenders.append(self)
+
+    def cpu(contender) -> float:
+        return sum(psutil.Process(contender.worker.pid).cpu_times()[:2])
+
+    def watched(self, repeats):
+        others = [c for c in contenders if c is not self and c.worker.pid]
+        before = [cpu(c) for c in others]
+        turn(self, repeats)
+        spun.extend(cpu(c) - b for c, b in zip(others, before, strict=True))
+
+    monkeypatch.setattr(bench._Contender, "__init__", remember)
+    monkeypatch.setattr(bench._Contender, "turn", watched)
+    timed = bench_model(
+        imported,
+        threads=[2],
+        protocol=FAST,
+        builds={"mine": executable},
+        default_protocol=short,
+    )
+    counts = {r.runtime: len(r.timing.samples) for r in timed.runs}
+    assert counts == {ORT: FAST.repeat, TVM_DEFAULT: short.repeat, "mine": FAST.repeat}
+    assert timed.verified
+    assert len(spun) == (2 * FAST.repeat + short.repeat) * 2
+    # CPU time is counted in clock ticks (10 ms): none while the others were timed
+    assert max(spun) < 0.02, spun

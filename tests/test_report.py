@@ -453,3 +453,6 @@ def test_the_search_summary_says_how_to_run_its_library():
     assert "2.00x" in text and "100.00x" in text
     assert "TVM_NUM_THREADS=2" in text.splitlines()[-1]
     assert "TVM_NUM_THREADS" not in format_search({**summary, "outputs": {}})
+    # a short search does not time TVM's default build: no row for it
+    untimed = {**summary, "latency_s": {**summary["latency_s"], "tvm_default": None}}
+    assert "TVM default" in text and "TVM default" not in format_search(untimed)

@@ -388,6 +388,8 @@ def format_search(summary: dict[str, Any]) -> str:
         ("ago-search plan", "ago_search"),
     ):
         seconds = latency.get(key)
+        if key == "tvm_default" and seconds is None:
+            continue  # not timed (`--tvm-default`)
         ratio = f"{seconds / ours:.2f}x" if seconds and ours and key != "ago_search" else ""
         rows.append([label, _ms(seconds), ratio])
     lines = [f"model: {summary.get('model')}  device: {summary.get('device_key')}"]

@@ -10,7 +10,10 @@ from typing import Any
 from ago_search.measure import MeasureProtocol
 from ago_search.search.space import GroupLimits
 
-__all__ = ["SearchConfig", "SearchResult"]
+__all__ = ["TVM_DEFAULT_MIN_BUDGET_S", "SearchConfig", "SearchResult"]
+
+# From this budget on, the finish times TVM's default build too (`SearchConfig.time_tvm_default`)
+TVM_DEFAULT_MIN_BUDGET_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class SearchConfig:
     computed as Winograd F(winograd x winograd, 3x3) convs in every plan (None: directly). F(4x4,
     3x3) by default: tuned with the same 32 trials, ResNet-18's four 3x3 conv shapes summed
     3.85 ms against 5.90 direct and 4.90 in ORT (`scripts/winograd_probe.py`, README).
+    time_tvm_default: the finish also builds and times TVM's default build of the model, a
+    reference figure (None: with budgets of `TVM_DEFAULT_MIN_BUDGET_S` and more; ResNet-18's
+    untuned build runs 2.2 s a call, and its build and timing took 20-25 s of a 10-min
+    search's finish, time its tuning did not get).
     """
 
     budget_s: float
@@ -97,8 +104,14 @@ class SearchConfig:
     divide: bool = True
     winograd: int | None = 4
     region_min_complex: int = 3
+    time_tvm_default: bool | None = None
     limits: GroupLimits = field(default_factory=GroupLimits)
     protocol: MeasureProtocol | None = None
+
+    def times_tvm_default(self) -> bool:
+        if self.time_tvm_default is not None:
+            return self.time_tvm_default
+        return self.budget_s >= TVM_DEFAULT_MIN_BUDGET_S
 
     def slice_seconds(self) -> float:
         return self.slice_s if self.slice_s is not None else math.inf
@@ -109,8 +122,9 @@ class SearchConfig:
         return max(60.0, 0.1 * self.budget_s)
 
     def finish_reserve_s(self) -> float:
-        """What finishing takes: a tuned build, TVM's default build, and three timed runs."""
-        return min(180.0, max(15.0, 0.08 * self.budget_s))
+        """What finishing takes: a tuned build, its timing beside ORT's (and TVM's default
+        build's, `times_tvm_default`)."""
+        return min(180.0, max(15.0, 0.05 * self.budget_s))
 
 
 @dataclass(frozen=True)

@@ -299,14 +299,16 @@ class _Search:
         log.warning("stopping after the current round (Ctrl-C again to stop at once)")
 
     def _reserve(self) -> float:
-        """Seconds kept for finishing: the configured floor, or twice what timing a plan end
-        to end took (finishing builds and times TVM's default build as well)."""
+        """Seconds kept for finishing: the configured floor, or 1.5 times what timing a plan
+        end to end took (the finish is one more such timing, TVM's default build's too at long
+        budgets: `SearchConfig.times_tvm_default`)."""
         floor = self.config.finish_reserve_s()
         if self.leader is not None:
             # before any timing, about half a second a kernel: two builds and the timing of
             # MobileNetV2's 57 kernels took 28 s on 2 cores
             floor = max(floor, 0.5 * self.leader.num_groups)
-        return max(floor, 2.0 * self.end_to_end_s) if self.end_to_end_s else floor
+        timing = self.end_to_end_s * (2.0 if self.config.times_tvm_default() else 1.5)
+        return max(floor, timing) if self.end_to_end_s else floor
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -1019,7 +1021,7 @@ class _Search:
             self.store,
             self.device,
             self.config.protocol,
-            tvm_default=True,
+            tvm_default=self.config.times_tvm_default(),
             profile_runs=self.config.profile_runs,
         )
         # the final build is one more plan timed end to end: its prediction for the score's
