@@ -307,8 +307,9 @@ class _Search:
             # before any timing, about half a second a kernel: two builds and the timing of
             # MobileNetV2's 57 kernels took 28 s on 2 cores
             floor = max(floor, 0.5 * self.leader.num_groups)
-        timing = self.end_to_end_s * (2.0 if self.config.times_tvm_default() else 1.5)
-        return max(floor, timing) if self.end_to_end_s else floor
+        if not self.end_to_end_s:
+            return floor
+        return max(floor, self.end_to_end_s * (2.0 if self.config.times_tvm_default() else 1.5))
 
     # -- steps --------------------------------------------------------------------------------
 
