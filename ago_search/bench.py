@@ -442,8 +442,9 @@ def bench_model(
     each in its own process (see the module docstring). A runtime that crashes, fails or
     times out is a run with `error` set, not an exception. builds: further TVM executables
     of the same model (label -> relax VMExecutable, e.g. a tuned plan), each timed and
-    verified like TVM's default build, as runtime `label`. tvm_default=False leaves TVM's
-    default build out (ORT still runs: it is the reference). profile_runs: each of `builds`
+    verified like TVM's default build, as runtime `label` (or a library file
+    `build.export_executable` wrote, taken as it is: exporting runs LLVM's code generation, 7 s
+    for ResNet-18). tvm_default=False leaves TVM's default build out (ORT still runs: it is the reference). profile_runs: each of `builds`
     is also run that many times with every function call timed inside the model
     (`RuntimeRun.kernels`), after its timing. default_protocol: how TVM's default build is
     timed (None: `protocol`; a search's finish times it briefly: ResNet-18's untuned build
@@ -479,7 +480,9 @@ def bench_model(
             default[TVM_DEFAULT] = build.export_executable(executable, workdir / "model.so")
         export_s = time.perf_counter() - start
         libraries = {
-            label: build.export_executable(exe, workdir / f"model-{label}.so")
+            label: Path(exe)
+            if isinstance(exe, str | Path)
+            else build.export_executable(exe, workdir / f"model-{label}.so")
             for label, exe in builds.items()
         }
         onnx_path = workdir / "model.onnx"

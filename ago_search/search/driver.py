@@ -303,13 +303,21 @@ class _Search:
         end to end took (the finish is one more such timing, TVM's default build's too at long
         budgets: `SearchConfig.times_tvm_default`)."""
         floor = self.config.finish_reserve_s()
-        if self.leader is not None:
-            # before any timing, about half a second a kernel: two builds and the timing of
-            # MobileNetV2's 57 kernels took 28 s on 2 cores
-            floor = max(floor, 0.5 * self.leader.num_groups)
-        if not self.end_to_end_s:
+        if self.leader is None:
             return floor
-        return max(floor, self.end_to_end_s * (2.0 if self.config.times_tvm_default() else 1.5))
+        return max(floor, self._timing_s() * (2.0 if self.config.times_tvm_default() else 1.5))
+
+    def _timing_s(self) -> float:
+        """What timing the leader end to end takes: what the last timing took, or before any,
+        10 s (ORT and the plan opened in two processes, ten rounds of turns) and a candidate's
+        share of this run's rounds for each of its tasks (a build of each kernel): ResNet-18
+        with Winograd convs took 42 s (20 tasks, 1.9 s a candidate), MobileNetV2 19 s (34, 0.45
+        s)."""
+        if self.end_to_end_s:
+            return self.end_to_end_s
+        assert self.leader is not None
+        tasks = len(self.scorer.tasks_of(self.leader))
+        return 10.0 + tasks * self.round_s / self.config.round_trials
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -846,8 +854,11 @@ class _Search:
         never timed, or its score improved 2 % since and `recheck_s` went by."""
         if self.leader is None:
             return False
-        if self.budget.left - self._reserve() < (self.end_to_end_s or 10.0):
-            return False  # no time left to time it: the tuning goes on to the end
+        if self.budget.left - self._reserve() < 2.0 * self._timing_s():
+            # the finish times the plan anyway: a timing now is worth its cost only with
+            # tuning left after it (a 10-min ResNet-18 search timed its leader 58 s before the
+            # end, in 42 s, and the finish ran 38 s over the budget)
+            return False
         score = self.scorer.score(self.leader)
         if not score.final:
             return False
@@ -978,6 +989,7 @@ class _Search:
             self.device,
             self.config.protocol,
             profile_runs=self.config.profile_runs,
+            library=self.folder.timed_library,
         )
         self.end_to_end_s = time.monotonic() - started
         self.state.end_to_end_s = self.end_to_end_s
@@ -1007,7 +1019,7 @@ class _Search:
                 "at_s": self.budget.spent,
             }
             planned.plan.save(self.folder.plan)
-            measured.executable.export_library(str(self.folder.library))
+            self.folder.keep_library(self.folder.timed_library)
             log.info("best verified plan so far: %s", _ms(measured.seconds))
 
     # -- finish -------------------------------------------------------------------------------
@@ -1024,6 +1036,7 @@ class _Search:
             self.config.protocol,
             tvm_default=self.config.times_tvm_default(),
             profile_runs=self.config.profile_runs,
+            library=self.folder.timed_library,
         )
         # the final build is one more plan timed end to end: its prediction for the score's
         # rank correlation, its kernels inside the model (a short search may time no leader)
@@ -1043,7 +1056,7 @@ class _Search:
             and (best is None or ours <= best["measured_s"] * 1.05)
         ):
             planned.plan.save(self.folder.plan)
-            final.executable.export_library(str(self.folder.library))
+            self.folder.keep_library(self.folder.timed_library)
         self.state.finished = True
         summary = self._summary(final=final, interrupted=False, partition=partition)
         write_json_atomic(summary, self.folder.summary)

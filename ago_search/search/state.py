@@ -7,9 +7,12 @@
     OUT/plan.json          the best verified plan so far (and at the end)
     OUT/plans/KEY.json     every plan timed end to end (KEY: the plan's key in the state's
                            end-to-end timings), so any of them can be built again
-    OUT/model.so           its compiled library, loadable with the TVM runtime alone
-    OUT/summary.json       latencies of ONNX Runtime, TVM's default build and the plan found,
-                           each verified against ONNX Runtime; written when the search finishes
+    OUT/plans/timed-model.so  the last of them built, as it was timed
+    OUT/model.so           the best one's compiled library (a copy of the timed one), loadable
+                           with the TVM runtime alone
+    OUT/summary.json       latencies of ONNX Runtime, the plan found (and at budgets of 30 min
+                           and more TVM's default build), each verified against ONNX Runtime;
+                           written when the search finishes
 
 A folder made for another model (or another device) is refused with a message that says so.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -154,6 +158,18 @@ class OutputFolder:
     @property
     def library(self) -> Path:
         return self.path / "model.so"
+
+    @property
+    def timed_library(self) -> Path:
+        """The last plan timed end to end, built (`model.so` is a copy of the best)."""
+        return self.path / "plans" / "timed-model.so"
+
+    def keep_library(self, library: Path) -> None:
+        """`library` becomes `model.so` (copied beside it, then renamed: a crash leaves the
+        old one or the new one, never half of one)."""
+        part = self.library.with_name(self.library.name + ".part")
+        shutil.copyfile(library, part)
+        os.replace(part, self.library)
 
     @property
     def summary(self) -> Path:
