@@ -309,15 +309,16 @@ class _Search:
 
     def _timing_s(self) -> float:
         """What timing the leader end to end takes: what the last timing took, or before any,
-        10 s (ORT and the plan opened in two processes, ten rounds of turns) and a candidate's
-        share of this run's rounds for each of its tasks (a build of each kernel): ResNet-18
-        with Winograd convs took 42 s (20 tasks, 1.9 s a candidate), MobileNetV2 19 s (34, 0.45
-        s)."""
+        10 s (ORT and the plan opened in two processes, ten rounds of turns) and what building
+        and measuring a candidate takes in this session's rounds (`RoundPace.trial_s`) for
+        each of its tasks (a build of each kernel): ResNet-18 with Winograd convs took 39-42 s
+        (20 tasks), MobileNetV2 19 s (34 tasks, 0.45 s a candidate)."""
         if self.end_to_end_s:
             return self.end_to_end_s
         assert self.leader is not None
         tasks = len(self.scorer.tasks_of(self.leader))
-        return 10.0 + tasks * self.round_s / self.config.round_trials
+        trial_s = self.session.pace.trial_s or self.round_s / self.config.round_trials
+        return 10.0 + tasks * trial_s
 
     # -- steps --------------------------------------------------------------------------------
 
