@@ -7,14 +7,21 @@ import math
 import onnx
 from hypothesis import given
 from hypothesis import strategies as st
-from model_builders import residual_block, two_conv_sizes
+from model_builders import conv, make_model, residual_block, two_conv_sizes
 
 from ago_search.database import Status
 from ago_search.devices import detect_host
+from ago_search.layout import vector_lanes
 from ago_search.measure import MeasureProtocol
 from ago_search.pipeline import load_planned
 from ago_search.schedule.config import TuningConfig
-from ago_search.schedule.transfer import _TILE, fit_tile, read_trace
+from ago_search.schedule.transfer import (
+    _TILE,
+    TraceShape,
+    fit_tile,
+    read_trace,
+    vector_decisions,
+)
 from ago_search.schedule.tune import TuningSession
 from cost_model.factory import make_cost_model
 
@@ -73,7 +80,9 @@ def test_a_sibling_task_opens_with_the_others_best_schedule(tmp_path):
     first round, measured and verified as its own record; the round keeps its size."""
     host, convs = _conv_tasks(residual_block(), tmp_path)
     first, second = sorted(convs, key=lambda t: "add_add" in t.name)
-    config = _config(4, seed=3)
+    # without vector seeds: the sibling's own seed would be the donor's seed, and the donor's
+    # schedule would come over as that
+    config = _config(4, seed=3, vector_seeds=False)
     with TuningSession(host, tmp_path / "tuning.db", config) as session:
         model = make_cost_model("xgb", seed=3)
         session.tune([first], config, cost_model=model)
@@ -100,7 +109,7 @@ def test_a_conv_of_another_size_gets_tiles_fitted_to_its_loops(tmp_path):
     """The second conv reads 16 channels where the first reads 8: the first's best schedule
     comes over with its tiles fitted to the second's loops, and runs right."""
     host, convs = _conv_tasks(two_conv_sizes(), tmp_path)
-    config = _config(4, seed=5)
+    config = _config(4, seed=5, vector_seeds=False)
     with TuningSession(host, tmp_path / "tuning.db", config) as session:
         model = make_cost_model("xgb", seed=5)
         session.tune([convs[0]], config, cost_model=model)
@@ -128,3 +137,72 @@ def test_without_transfer_nothing_is_sent(tmp_path):
         for task in convs:
             session.tune([task], config, cost_model=model)
         assert not session.transfer.transferred
+
+
+@given(
+    extents=st.lists(st.sampled_from([1, 3, 7, 14, 16, 24, 56, 144, 1000]), min_size=1, max_size=4),
+    reductions=st.lists(st.sampled_from([1, 3, 32]), max_size=2),
+    lanes=st.sampled_from([4, 8, 16]),
+)
+def test_vector_seeds_tile_every_loop_and_vectorise_the_innermost(extents, reductions, lanes):
+    """Multi-level tiling's loops (4 parts spatial, 2 parts reduction): every seed's tiles
+    multiply to their loops' extents; the innermost spatial loop longer than 1 is tiled
+    innermost by a multiple of the lanes wherever its extent has one within the cap."""
+    kinds = [(_TILE, 4)] * len(extents) + [(_TILE, 2)] * len(reductions)
+    all_extents = list(extents) + list(reductions)
+    shape = TraceShape(
+        ("conv2d_nhwc",),
+        tuple(kinds),
+        tuple(all_extents),
+        tuple([None] * len(kinds)),
+        (64,) * len(extents) + (0,) * len(reductions),
+    )
+    decisions = vector_decisions(shape, lanes, block=4, width=2, jobs=4)
+    long = [e for e in extents if e > 1]
+    if not long:
+        assert decisions is None
+        return
+    assert decisions is not None
+    for tiles, extent in zip(decisions, all_extents, strict=True):
+        assert math.prod(tiles) == extent
+    vectorised = max(i for i, e in enumerate(extents) if e > 1)
+    innermost = decisions[vectorised][-1]
+    if any(d % lanes == 0 for d in range(lanes, 65, lanes) if extents[vectorised] % d == 0):
+        assert innermost % lanes == 0 and innermost <= 64
+    else:
+        assert innermost <= 2 * lanes
+
+
+def test_a_depthwise_convs_first_round_opens_vectorised_along_its_channels(tmp_path):
+    """An NHWC depthwise conv's first round holds a vector seed: its own design space with
+    the channels (the contiguous axis) tiled innermost by a multiple of the lanes, measured and
+    verified as its record."""
+    node, weights = conv("dw", "x", 48, 48, 3, pad=1, group=48)
+    model = make_model(
+        [node, onnx.helper.make_node("Relu", ["dw"], ["y"])],
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 48, 14, 14])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 48, 14, 14])],
+        weights,
+    )
+    path = tmp_path / "dw.onnx"
+    onnx.save(model, path)
+    host = detect_host()
+    (task,) = [
+        t for t in load_planned(path, plan="tvm/NHWC", device=host).tasks if "conv2d" in t.name
+    ]
+    config = _config(4, seed=1)
+    with TuningSession(host, tmp_path / "tuning.db", config) as session:
+        session.tune([task], config, cost_model=make_cost_model("xgb", seed=1))
+        seeds = session.transfer.seeds.get(task.key, set())
+        records = session.store.records(task.key, host.key)
+        report = session.transfer.report()
+    assert seeds and report["vector_seeds"] == len(seeds)
+    assert len(records) == 4  # the round kept its size
+    seeded = [r for r in records if r.trace_hash in seeds]
+    assert seeded and all(r.status == Status.OK for r in seeded)
+    lanes = vector_lanes(task.target_object())
+    tiles = _tiles(read_trace(seeded[0].trace_json))
+    spatial = [t for t in tiles if len(t) == 4]
+    # (n, h, w, c, the group's one channel): c, 48 long, innermost by a multiple of the lanes
+    channels = [t for t in spatial if math.prod(t) == 48][-1]
+    assert channels[-1] % lanes == 0

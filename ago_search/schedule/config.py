@@ -44,6 +44,9 @@ class TuningConfig:
         before the search (a resumed run's model starts from what was measured).
     transfer: open a task's rounds with a few schedules of similar tasks measured on the device
         (`schedule.transfer`; evolutionary search only).
+    vector_seeds: with `transfer`, a task's first round also opens with its own design spaces
+        vectorised along each tiled block's innermost spatial loop (`transfer.vector_decisions`;
+        the session's setting, read when it starts).
     task_memory_limit, task_probe_timeout_s: the bytes of address space (None: 40 % of the
         machine's memory, at least 4 GiB) and seconds within which each task's design space
         must be generated and sampled before it is tuned (`schedule.probe`).
@@ -66,6 +69,7 @@ class TuningConfig:
     max_empty_rounds: int = 3
     warm_start_records: int = 64
     transfer: bool = True
+    vector_seeds: bool = True
     task_memory_limit: int | None = None
     task_probe_timeout_s: float = 120.0
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ago_search.database import TuningDatabase, trace_hash
 
-__all__ = ["DonorPool", "TraceShape", "fit_tile", "read_trace"]
+__all__ = ["VECTOR_SEEDS", "DonorPool", "TraceShape", "fit_tile", "read_trace", "vector_decisions"]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,10 @@ class DonorPool:
         1/share candidates get none: a round of 2 is the search's own).
     per_donor: best records of each donor task offered.
     max_distance: donors farther than this (`distance`) are not asked.
+    lanes: the device's float32 vector lanes; when set, a task's first round also opens with
+        its own design spaces vectorised along each block's innermost spatial loop
+        (`vector_decisions`, `VECTOR_SEEDS`), before any donor's schedule; 0: none.
+    jobs: the parallel loop's extent those seeds aim at (twice the device's threads).
     """
 
     store: TuningDatabase
@@ -198,6 +202,11 @@ class DonorPool:
     _table_at: int | None = None  # the database's last record id when `_table` was read
     _given: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     transferred: dict[str, set[str]] = field(default_factory=dict)  # task -> hashes measured
+    lanes: int = 0
+    jobs: int = 8
+    _seeded: set[str] = field(default_factory=set)  # tasks given their vector seeds
+    _seed_hashes: set[str] = field(default_factory=set)
+    seeds: dict[str, set[str]] = field(default_factory=dict)  # task -> vector seeds measured
 
     def _shape_of(self, task_key: str, digest: str, trace_json: str) -> TraceShape | None:
         key = (task_key, digest)
@@ -263,7 +272,8 @@ class DonorPool:
     ) -> list[tuple[Any, str]]:
         """Up to `limit(round_size)` (candidate, trace hash) for the task (`mod`: its module;
         `spaces`: the shapes of its `design_spaces`), made from donors' schedules it has not
-        been given, none whose hash is in `known`. What the round measures of them is to be
+        been given, none whose hash is in `known`; in a task's first round (nothing `known`)
+        with `lanes` set, up to as many vector seeds before them. What the round measures of them is to be
         told to `sent`."""
         from tvm.s_tir import Schedule
         from tvm.s_tir import meta_schedule as ms
@@ -272,6 +282,11 @@ class DonorPool:
         if limit <= 0:
             return []
         out: list[tuple[Any, str]] = []
+        seeds: list[tuple[Any, str]] = []
+        if self.lanes and not known and task_key not in self._seeded:
+            # a task's first round: its own spaces vectorised too, besides the donors'
+            self._seeded.add(task_key)
+            seeds = self._vector_seeds(mod, design_spaces, spaces, postprocs, limit, Schedule)
         given = self._given.setdefault(task_key, set())
         for donor in self.donors(task_key, spaces):
             if len(out) >= limit:
@@ -282,7 +297,7 @@ class DonorPool:
             if sch is None:
                 continue
             digest = trace_hash(sch.trace)
-            if digest in known or any(digest == d for _, d in out):
+            if digest in known or any(digest == d for _, d in seeds + out):
                 continue
             args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
             out.append((ms.MeasureCandidate(sch, args), digest))
@@ -292,24 +307,67 @@ class DonorPool:
                 donor.task_key,
                 donor.distance,
             )
+        return seeds + out
+
+    def _vector_seeds(
+        self,
+        mod: Any,
+        design_spaces: Sequence[Any],
+        spaces: Sequence[TraceShape | None],
+        postprocs: Sequence[Any],
+        limit: int,
+        schedule: Any,
+    ) -> list[tuple[Any, str]]:
+        """Up to `limit` of the task's own design spaces replayed vectorised (`VECTOR_SEEDS`)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        out: list[tuple[Any, str]] = []
+        for space, shape in zip(design_spaces, spaces, strict=True):
+            if shape is None:
+                continue
+            for block, width in VECTOR_SEEDS:
+                if len(out) >= limit:
+                    return out
+                decisions = vector_decisions(shape, self.lanes, block, width, self.jobs)
+                if decisions is None:
+                    break
+                sch = _replay_decisions(mod, space, decisions, postprocs, schedule)
+                if sch is None:
+                    continue
+                digest = trace_hash(sch.trace)
+                if any(digest == d for _, d in out):
+                    continue
+                args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+                out.append((ms.MeasureCandidate(sch, args), digest))
+                self._seed_hashes.add(digest)
         return out
 
     def sent(self, task_key: str, digests: Sequence[str]) -> None:
-        """The transferred candidates a round of the task measures."""
-        if digests:
-            self.transferred.setdefault(task_key, set()).update(digests)
+        """The transferred candidates (and vector seeds) a round of the task measures."""
+        seeds = [d for d in digests if d in self._seed_hashes]
+        if seeds:
+            self.seeds.setdefault(task_key, set()).update(seeds)
+        donated = [d for d in digests if d not in self._seed_hashes]
+        if donated:
+            self.transferred.setdefault(task_key, set()).update(donated)
 
     def report(self) -> dict[str, int]:
         """This run's transfers: candidates measured, tasks that got any, and tasks whose best
         schedule on the device is one they were sent."""
-        bests = 0
-        for task_key, sent in self.transferred.items():
-            best = self.store.best(task_key, self.device_key)
-            bests += bool(best and best[0].trace_hash in sent)
+
+        def bests(sent_to: dict[str, set[str]]) -> int:
+            count = 0
+            for task_key, sent in sent_to.items():
+                best = self.store.best(task_key, self.device_key)
+                count += bool(best and best[0].trace_hash in sent)
+            return count
+
         return {
             "candidates": sum(len(sent) for sent in self.transferred.values()),
             "tasks": len(self.transferred),
-            "tasks_best_by_transfer": bests,
+            "tasks_best_by_transfer": bests(self.transferred),
+            "vector_seeds": sum(len(sent) for sent in self.seeds.values()),
+            "tasks_best_by_vector_seed": bests(self.seeds),
         }
 
 
@@ -333,6 +391,15 @@ def _replay(
             tile += 1
         else:
             decisions.append(theirs)
+    return _replay_decisions(mod, space, decisions, postprocs, schedule)
+
+
+def _replay_decisions(
+    mod: Any, space: Any, decisions: Sequence[Any], postprocs: Sequence[Any], schedule: Any
+) -> Any | None:
+    """The design space `space` replayed on `mod` with `decisions`, one per sampling
+    instruction in order (None: the space samples it), and post-processed; None where that
+    fails."""
     order = iter(decisions)
 
     def provide(inst: Any, inputs: Any, attrs: Any, decision: Any) -> Any:
@@ -356,3 +423,82 @@ def _replay(
         log.debug("transfer replay failed: %s", err)
         return None
     return sch
+
+
+# Multi-level tiling on a CPU ("SSRSRS"): a spatial loop is split in 4, a reduction loop in 2
+_SPATIAL_PARTS, _REDUCTION_PARTS = 4, 2
+# The vector seeds of a task's first round: (outputs in the register block along the loop
+# before the vectorised one, vector width in lanes)
+VECTOR_SEEDS = ((4, 2), (2, 1))
+
+
+def _nearest_divisor(extent: int, wanted: float, keep: Callable[[int], bool]) -> int | None:
+    options = [d for d in _divisors(extent) if keep(d)]
+    if not options:
+        return None
+    return min(options, key=lambda d: (abs(math.log(d / wanted)), d))
+
+
+def vector_decisions(
+    shape: TraceShape, lanes: int, block: int, width: int, jobs: int
+) -> list[Any] | None:
+    """Decisions for a design space of `shape` (its own extents) in which every block that
+    multi-level tiling split is vectorised along its innermost spatial loop (the contiguous
+    axis of the stored order: channels in NHWC, the lanes in NCHWc, W in NCHW): that loop's
+    innermost tile the divisor of its extent nearest `width` lanes among the multiples of
+    `lanes` (else the largest within `width` lanes, and the tile's cap); the spatial loop before
+    it tiled by `block` at the level above (unrolled: a register block of outputs, as in
+    MetaSchedule's good pointwise schedules; at the innermost level MetaSchedule would fuse it
+    into the vector); the first spatial loop's outermost tile nearest `jobs` (the parallel
+    loop); reductions left whole, outside the register block. Other sampling (unrolling, compute locations) is left to the space (None).
+    None when no block has a spatial loop longer than 1.
+
+    MetaSchedule samples tiles at random and its first rounds rarely vectorise a depthwise conv
+    along its channels: after 13 trials the best schedule of MobileNetV2's 56x56x144 NHWC
+    depthwise conv had innermost tiles h 2, w 1, c 1, its vectors along a 32-KB stride."""
+    decisions: list[Any] = [None] * len(shape.kinds)
+    tiles = [i for i, (kind, _) in enumerate(shape.kinds) if kind == _TILE]
+    extent_of = dict(zip(tiles, shape.extents, strict=True))
+    cap_of = dict(zip(tiles, shape.caps or (0,) * len(tiles), strict=True))
+    runs: list[list[int]] = []
+    previous: tuple[int, int] | None = None  # (instruction, parts) of the tile before
+    for i in tiles:
+        parts = shape.kinds[i][1]
+        new_run = (
+            previous is None
+            or previous[0] != i - 1
+            or (parts == _SPATIAL_PARTS and previous[1] == _REDUCTION_PARTS)
+        )
+        if new_run:
+            runs.append([])
+        runs[-1].append(i)
+        previous = (i, parts)
+    seeded = False
+    for run in runs:
+        spatial = [i for i in run if shape.kinds[i][1] == _SPATIAL_PARTS]
+        long = [i for i in spatial if extent_of[i] > 1]
+        if not long:
+            continue
+        # the innermost level is vectorised, the one above it unrolled (a register block)
+        vector = {i: 1 for i in spatial}
+        register = {i: 1 for i in spatial}
+        vec = long[-1]
+        cap = cap_of[vec] or 64
+        vector[vec] = _nearest_divisor(
+            extent_of[vec], width * lanes, lambda d, c=cap: d % lanes == 0 and d <= c
+        ) or max(d for d in _divisors(extent_of[vec]) if d <= min(cap, width * lanes))
+        if len(long) >= 2:
+            reg = long[-2]
+            register[reg] = max(d for d in _divisors(extent_of[reg]) if d <= block)
+        first = long[0]
+        outer = {i: 1 for i in spatial}
+        inside = register[first] * vector[first]
+        outer[first] = _nearest_divisor(extent_of[first] // inside, jobs, lambda d: True) or 1
+        for i in spatial:
+            rest = extent_of[i] // (outer[i] * register[i] * vector[i])
+            decisions[i] = [outer[i], rest, register[i], vector[i]]
+        for i in run:
+            if shape.kinds[i][1] == _REDUCTION_PARTS:
+                decisions[i] = [extent_of[i], 1]
+        seeded = True
+    return decisions if seeded else None

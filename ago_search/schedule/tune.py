@@ -40,6 +40,7 @@ from tvm.s_tir import meta_schedule as ms
 from ago_search.database import Record, Status, TuningDatabase, canonical_target, trace_hash
 from ago_search.database.metaschedule import SqliteDatabase
 from ago_search.errors import AgoSearchError
+from ago_search.layout import vector_lanes
 from ago_search.schedule.config import METASCHEDULE_ROUND, TuningConfig
 from ago_search.schedule.probe import TaskProbe
 from ago_search.schedule.results import (
@@ -222,7 +223,13 @@ class TuningSession:
         self._probe: TaskProbe | None = None
         self.left_out: dict[str, str] = {}  # task key -> why it cannot be tuned
         self._warmed: set[tuple[int, str]] = set()  # (id of the cost model, task key)
-        self.transfer = DonorPool(self.store, device.key)  # kept: what each task was given
+        # kept across runs: what each task was given
+        self.transfer = DonorPool(
+            self.store,
+            device.key,
+            lanes=vector_lanes(device.tvm_target()) if config.vector_seeds else 0,
+            jobs=2 * device.threads,
+        )
         self.pace = RoundPace()  # what a round costs here, learnt across the tuning runs
 
     def __enter__(self) -> TuningSession:
