@@ -32,7 +32,9 @@ import collections
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,10 +92,13 @@ def main() -> int:
     runner = VMRunner(search.tuned.executable, inputs)
     model_path = str(args.model)
 
+    profiles = tempfile.mkdtemp(prefix="ago-ort-profile-")
+
     def session(profile: bool):
         options = ort.SessionOptions()
         options.intra_op_num_threads = host.threads
         options.enable_profiling = profile
+        options.profile_file_prefix = str(Path(profiles) / "ort")
         return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
 
     profiled, plain = session(True), session(False)
@@ -126,6 +131,7 @@ def main() -> int:
             e2e["ago-search"].append(median_s(runner, 50))
             time.sleep(0.3)
     trace = json.loads(Path(profiled.end_profiling()).read_text())
+    shutil.rmtree(profiles, ignore_errors=True)
     per_node: dict[str, list[float]] = collections.defaultdict(list)
     op_of: dict[str, str] = {}
     order: list[str] = []
