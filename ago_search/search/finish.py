@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +68,13 @@ def measure_plan(
     protocol: MeasureProtocol | None = None,
     tvm_default: bool = False,
     profile_runs: int = 0,
-    library: Path | None = None,
+    *,
+    library: Path,
 ) -> PlanMeasurement:
     """Build `planned` with the best records of `store` for `device`, time it end to end and
     verify it against ONNX Runtime (beside TVM's default build when `tvm_default`); with
     `profile_runs`, also each kernel's time inside the model (`PlanMeasurement.kernels`).
-    The build is exported once, to `library` (default: a temporary file), and timed from
+    The build is exported once, to `library`, and timed from
     there (`PlanMeasurement.library`): exporting runs LLVM's code generation, 7 s of a
     ResNet-18 timing's 42 s when the search exported it twice."""
     started = time.perf_counter()
@@ -86,8 +86,6 @@ def measure_plan(
         SqliteDatabase(store, device.key, planned.target),
         fused=planned.fused,
     )
-    if library is None:
-        library = Path(tempfile.mkdtemp(prefix="ago-plan-")) / "model.so"
     library.parent.mkdir(parents=True, exist_ok=True)
     export_executable(tuned.executable, library)
     bench = bench_model(
@@ -135,12 +133,7 @@ def runtime_seconds(bench: BenchResult, runtime: str) -> float | None:
     return run.timing.median if run is not None and run.timing is not None else None
 
 
-def write_library(executable: Any, path: Path) -> Path:
-    """The executable as a shared library the TVM runtime alone loads (`relax.VirtualMachine`)."""
-    return export_executable(executable, path)
-
-
-__all__ += ["ORT", "TVM_DEFAULT", "runtime_seconds", "write_library"]
+__all__ += ["ORT", "TVM_DEFAULT", "runtime_seconds"]
 
 
 def search_summary(
