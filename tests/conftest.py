@@ -31,6 +31,29 @@ def zoo() -> dict:
     }
 
 
+# `scripts/test.sh` runs the suite in two parts: everything but the tests marked `alone` on two
+# xdist workers, then those one at a time. This variable says which part a pytest run is.
+PART = os.environ.get("AGO_SEARCH_TEST_PART")  # "shared" | "alone" | unset: every test
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if PART not in ("shared", "alone"):
+        if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N` by hand: never beside others
+            skip = pytest.mark.skip(reason="marked alone: run it without -n (scripts/test.sh does)")
+            for item in items:
+                if item.get_closest_marker("alone") is not None:
+                    item.add_marker(skip)
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        alone = item.get_closest_marker("alone") is not None
+        (keep if alone == (PART == "alone") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def metaschedule_logger_propagates():
     """Keep pytest's handlers off MetaSchedule's logger.

@@ -306,6 +306,7 @@ def test_kernel_times_name_every_kernel_of_a_plan(imported):
     assert all(not k.startswith("vm.builtin") for k in times)
 
 
+@pytest.mark.alone  # idle runtimes must use no CPU while another is timed
 def test_runtimes_take_turns_each_with_its_own_protocol(imported, monkeypatch):
     """Every runtime opened once and timed in rounds: each gets its own protocol's repeats
     (TVM's default build the shorter `default_protocol`), and none of them spun while another

@@ -115,6 +115,7 @@ def kernels(tmp_path_factory, target) -> dict[str, str]:
 # ---- builders -----------------------------------------------------------------------------
 
 
+@pytest.mark.alone  # its time limits would count the other worker's builds and measurements
 def test_local_builder_builds_candidates_quickly(builder, candidates, target):
     inputs = [BuilderInput(module, target) for module in candidates]
     started = time.perf_counter()
@@ -194,6 +195,7 @@ def test_ray_builder_builds_on_ray_workers(candidates, target, runner, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # a hang is caught in < 10 s, a wait for the lease included
 def test_runner_survives_crash_and_hang(runner, kernels):
     good = runner.measure(kernels["good"], MATMUL_ARGS)
     assert good.ok, good.error
@@ -272,6 +274,7 @@ def test_checked_runs_leave_no_threads_behind(tmp_path):
     assert int(pool) == 2 and right == "True"
 
 
+@pytest.mark.alone  # it loads every core on purpose
 def test_runner_repeats_timings_other_processes_disturb(host, kernels):
     """With twice as many busy processes as cores, the worker has its core well under
     MIN_CPU_SHARE of the time: the runner sees it, times again, and says it stayed disturbed."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from ago_search.schedule.strategy import RoundPace, TrialBudget
 
 
@@ -38,6 +40,20 @@ def test_the_pace_carries_over_to_the_next_run_and_through_json():
     second = TrialBudget(remaining=100, deadline=time.monotonic() + 0.03, pace=pace)
     assert second.exhausted()
     assert RoundPace.from_json(None).smallest_round_s() == 0.0
+
+
+def test_the_mean_candidate_time_weighs_every_round_alike():
+    """What a search's reserve is sized by before its first end-to-end timing: the session's
+    mean, not the last rounds' pace, which swings with the tasks they tuned."""
+    pace = RoundPace()
+    assert pace.mean_trial_s() is None
+    pace.add_trials(30.0, 10)  # a big conv's first round: 3 s a candidate
+    pace.add_trials(3.0, 10)  # small kernels: 0.3 s
+    pace.add_trials(1.0, 10)
+    assert pace.trial_s < 0.9
+    assert pace.mean_trial_s() == pytest.approx(34.0 / 30)
+    again = RoundPace.from_json(pace.to_json())
+    assert again.mean_trial_s() == pytest.approx(34.0 / 30) and again.trials == 30
 
 
 def test_a_task_whose_search_fails_ends_without_stopping_the_run(tmp_path, caplog):

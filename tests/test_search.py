@@ -75,6 +75,7 @@ def _wait_for_records(db: Path, more_than: int, timeout: float, proc=None) -> in
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block_path, tmp_path):
     out = tmp_path / "out"
     db = out / "tuning.db"
@@ -148,6 +149,7 @@ def test_stopped_searches_resume_measure_nothing_twice_and_finish_verified(block
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_search_on_a_two_node_ray_cluster(block_path, tmp_path):
     import ray
     from ray.cluster_utils import Cluster

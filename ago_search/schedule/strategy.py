@@ -52,6 +52,11 @@ class RoundPace:
 
     search_s: float | None = None
     trial_s: float | None = None
+    # every round's build-and-measure seconds and candidates, summed: the session's mean
+    # (`mean_trial_s`), steadier than `trial_s`, which the last rounds' tasks move (0.3 s a
+    # candidate after rounds of a reshape, 3 s after ResNet-18's first conv rounds)
+    trials_wall_s: float = 0.0
+    trials: int = 0
 
     def add_search(self, seconds: float) -> None:
         self.search_s = _average(self.search_s, seconds)
@@ -59,20 +64,35 @@ class RoundPace:
     def add_trials(self, seconds: float, trials: int) -> None:
         if trials > 0:
             self.trial_s = _average(self.trial_s, seconds / trials)
+            self.trials_wall_s += seconds
+            self.trials += trials
+
+    def mean_trial_s(self) -> float | None:
+        """Seconds a candidate took to build and measure over every round so far (None
+        before any)."""
+        return self.trials_wall_s / self.trials if self.trials else self.trial_s
 
     def smallest_round_s(self) -> float:
         """A round of one candidate (0 before any round)."""
         return (self.search_s or 0.0) + (self.trial_s or 0.0)
 
     def to_json(self) -> dict[str, float | None]:
-        return {"search_s": self.search_s, "trial_s": self.trial_s}
+        return {
+            "search_s": self.search_s,
+            "trial_s": self.trial_s,
+            "trials_wall_s": self.trials_wall_s,
+            "trials": self.trials,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> RoundPace:
         data = data if isinstance(data, dict) else {}
-        return cls(
+        pace = cls(
             **{k: float(data[k]) for k in ("search_s", "trial_s") if data.get(k) is not None}
         )
+        pace.trials_wall_s = float(data.get("trials_wall_s") or 0.0)
+        pace.trials = int(data.get("trials") or 0)
+        return pace
 
 
 def _average(previous: float | None, seconds: float) -> float:

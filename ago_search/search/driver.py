@@ -310,19 +310,19 @@ class _Search:
     def _timing_s(self) -> float:
         """What timing the leader end to end takes: what the last timing took, or before any,
         10 s (ORT and the plan opened in two processes, ten rounds of turns) and what building
-        and measuring a candidate takes in this session's rounds (`RoundPace.trial_s`, times
-        the builder's workers) for each of its tasks (a build of each kernel): ResNet-18 with
-        Winograd convs took 39-51 s (20 tasks), MobileNetV2 19 s (34 tasks)."""
+        and measuring a candidate took on average in this session's rounds
+        (`RoundPace.mean_trial_s`) for each of its tasks (a build of each kernel): ResNet-18
+        with Winograd convs took 39-51 s (20 tasks, 1.4-2.5 s a candidate), MobileNetV2 19 s
+        (34 tasks, 0.5 s a candidate). Not the last rounds' pace (`trial_s`), which moved from
+        0.3 to 3 s a candidate with the tasks tuned, and not times the builder's workers: a
+        10-min ResNet-18 search counted 2.5 s x 2 a task, kept 165 s for a timing of 50 s and
+        never timed a plan before its finish."""
         if self.end_to_end_s:
             return self.end_to_end_s
         assert self.leader is not None
         tasks = len(self.scorer.tasks_of(self.leader))
-        trial_s = self.session.pace.trial_s or self.round_s / self.config.round_trials
-        # a round's candidates build on every builder worker at once, a model's kernels one
-        # after another (a 10-min ResNet-18 search counted one worker, kept 30 s, and its
-        # finish took 51 s)
-        workers = max(1, int(getattr(self.session.builder, "max_workers", 1)))
-        return 10.0 + tasks * trial_s * workers
+        trial_s = self.session.pace.mean_trial_s() or self.round_s / self.config.round_trials
+        return 10.0 + tasks * trial_s
 
     # -- steps --------------------------------------------------------------------------------
 
