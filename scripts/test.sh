@@ -20,14 +20,15 @@ fi
 # compiler, a subprocess or Ray as much as they compute, and measurements never overlap: they
 # hold the host's lease, ago_search.measure.lease), then the `alone` ones (searches under a
 # wall-clock budget) one at a time with nothing beside them. AGO_SEARCH_TEST_WORKERS=0 runs
-# the first part in one process too.
+# the first part in one process too. A file's tests go to one worker (`--dist loadfile`): its
+# module fixtures (a tuned model, an RPC tracker) are made once, not once a worker.
 WORKERS="${AGO_SEARCH_TEST_WORKERS:-2}"
 # the host's lease (one measurement at a time) of this run's own, shared by both parts: a
 # search the user runs meanwhile neither waits for the tests nor they for it
 AGO_SEARCH_LEASE_DIR="${AGO_SEARCH_LEASE_DIR:-$(mktemp -d -t ago-search-test-leases.XXXXXX)}"
 export AGO_SEARCH_LEASE_DIR
 set +e
-AGO_SEARCH_TEST_PART=shared .venv/bin/python -m pytest -n "$WORKERS" "$@"
+AGO_SEARCH_TEST_PART=shared .venv/bin/python -m pytest -n "$WORKERS" --dist loadfile "$@"
 shared=$?
 AGO_SEARCH_TEST_PART=alone .venv/bin/python -m pytest "$@"
 alone=$?
