@@ -318,8 +318,9 @@ class _Search:
         with Winograd convs took 39-51 s (20 tasks, 1.4-2.5 s a candidate), MobileNetV2 19 s
         (34 tasks, 0.5 s a candidate). Not the last rounds' pace (`trial_s`), which moved from
         0.3 to 3 s a candidate with the tasks tuned, and not times the builder's workers: a
-        10-min ResNet-18 search counted 2.5 s x 2 a task, kept 165 s for a timing of 50 s and
-        never timed a plan before its finish."""
+        10-min ResNet-18 search that counted the last rounds' pace (seconds a candidate after
+        the exploration's slowest rounds) twice a task ended its first tuning run after 52 s
+        at a deadline that kept minutes for a 48-s timing."""
         if self.end_to_end_s:
             return self.end_to_end_s
         assert self.leader is not None
@@ -672,10 +673,11 @@ class _Search:
         """Asked before each exploration round: the estimates are collected (and the queued
         ones handed out), so the explored tasks' estimates are in when it ends (without it the
         estimator sat idle through a 96-s exploration and the first leader waited 54 s more
-        for them), and the next plans (the seeds first) proposed once the queue runs low:
-        proposing only between the main loop's steps, a 10-min ResNet-18 search's estimator
-        finished the first seeds' 40 tasks early in a 148-s exploration and idled through
-        the rest, and at its first leader (229 s) 5 of its 7 seeds were not scored."""
+        for them), and the next plans proposed once the queue runs low (else they wait for
+        the main loop's next step, after the exploration). On the CNNs the queue never runs
+        low before the first leader: a 10-min ResNet-18 search had 53 of its seeds' 123 tasks
+        estimated at 192 s, 5 of 7 seeds unscored; its estimates wait while a measurement
+        holds the cores (`measure.lease`)."""
         if self.pool is not None:
             try:  # an exception must not reach MetaSchedule's C++ loop
                 self._collect(self.pool, wait=0.0)
