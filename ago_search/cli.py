@@ -521,11 +521,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> int:
     """The `ago-search` command (and `python -m ago_search.cli`): `main` in a process of its
-    own, which never needs PyTorch; tvm_ffi imports it whenever it is installed (the zoo extra
-    installs it), 2 s of every command's start-up on a 2-core EPYC. A None in sys.modules
-    makes `import torch` raise ImportError, which tvm_ffi expects. (`main` called in a process
-    that uses torch, as the tests do, leaves it alone.)"""
-    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    own, started without PyTorch (`_lazy.without_torch`: 2 s of every command's start-up).
+    `main` called in a process that uses torch, as the tests do, leaves it alone."""
+    from ago_search._lazy import without_torch
+
+    without_torch()
     return main()
 
 

@@ -318,9 +318,8 @@ def _serve(read_fd: int, write_fd: int, preload: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    # No call a worker serves needs PyTorch, and tvm_ffi imports it whenever it is installed
-    # (the zoo extra installs it): half of a worker's start-up, 2.1 of 4.1 s on a 2-core EPYC.
-    # A None in sys.modules makes `import torch` raise ImportError, which tvm_ffi expects.
-    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    from ago_search._lazy import without_torch
+
+    without_torch()  # no call a worker serves needs it: half of a worker's start-up
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     _serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])

@@ -276,7 +276,6 @@ class DonorPool:
         with `lanes` set, up to as many vector seeds before them. What the round measures of them is to be
         told to `sent`."""
         from tvm.s_tir import Schedule
-        from tvm.s_tir import meta_schedule as ms
 
         limit = self.limit(round_size)
         if limit <= 0:
@@ -299,8 +298,7 @@ class DonorPool:
             digest = trace_hash(sch.trace)
             if digest in known or any(digest == d for _, d in seeds + out):
                 continue
-            args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-            out.append((ms.MeasureCandidate(sch, args), digest))
+            out.append((_candidate(sch), digest))
             log.debug(
                 "task %s: a schedule of %s (distance %.1f) transferred",
                 task_key,
@@ -319,7 +317,6 @@ class DonorPool:
         schedule: Any,
     ) -> list[tuple[Any, str]]:
         """Up to `limit` of the task's own design spaces replayed vectorised (`VECTOR_SEEDS`)."""
-        from tvm.s_tir import meta_schedule as ms
 
         out: list[tuple[Any, str]] = []
         for space, shape in zip(design_spaces, spaces, strict=True):
@@ -337,8 +334,7 @@ class DonorPool:
                 digest = trace_hash(sch.trace)
                 if any(digest == d for _, d in out):
                     continue
-                args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-                out.append((ms.MeasureCandidate(sch, args), digest))
+                out.append((_candidate(sch), digest))
                 self._seed_hashes.add(digest)
         return out
 
@@ -392,6 +388,15 @@ def _replay(
         else:
             decisions.append(theirs)
     return _replay_decisions(mod, space, decisions, postprocs, schedule)
+
+
+def _candidate(sch: Any) -> Any:
+    """A schedule as MetaSchedule's measure candidate (its arguments read off its module)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.MeasureCandidate(
+        sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+    )
 
 
 def _replay_decisions(
